@@ -1,0 +1,30 @@
+# The two set-up commands of the README: `make quickstart` and `make test`. Both create .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# A bare `torch` requirement pulls the newest CUDA build (several GB); install the pinned build
+# first so the project's `torch>=` floor is already satisfied. Override on other machines.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install quickstart test lint clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+quickstart: install
+	$(BIN)/harness run ablations/quickstart.yaml
+
+lint: install
+	$(BIN)/ruff check harness tests
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) results/_cache

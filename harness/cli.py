@@ -1,0 +1,174 @@
+"""`harness run | ls`: the command line. Exit status 2 for bad input, 1 when any run failed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from harness.config import ConfigError
+from harness.records import RunRecord, find_records
+from harness.suite import Suite, load_suite
+
+DEFAULT_OUT = "results"
+
+
+def _format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _mean_spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    digits = 4 if abs(mean) < 10 else 2
+    return f"{mean:.{digits}f} ± {spread:.{digits}f} (n={len(values)})"
+
+
+def suite_table(suite: Suite, out_root: Path) -> str:
+    """One row per arm: runs done, then each suite metric as mean ± std over seeds."""
+    metrics = suite.spec.metrics
+    rows = []
+    for arm in dict.fromkeys(r.arm for r in suite.runs):
+        runs = [r for r in suite.runs if r.arm == arm]
+        summaries = [RunRecord(out_root / suite.name / r.run_id).summary for r in runs]
+        done = [s for s in summaries if s]
+        cells = [_mean_spread([s["metrics"][m] for s in done if m in s["metrics"]]) for m in metrics]
+        rows.append([arm, f"{len(done)}/{len(runs)}", *cells])
+    return _format_table(["arm", "done", *metrics], rows)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    suite = load_suite(args.suite, overrides=args.set or [], arms=args.arm)
+    out_root = Path(args.out)
+    total = len(suite.runs)
+    print(f"suite {suite.name}: {len(suite.spec.arms)} arm(s) x {len(suite.spec.seeds)} seed(s) -> {total} run(s)")
+    if args.dry_run:
+        rows = []
+        for run in suite.runs:
+            state = "done" if RunRecord(out_root / suite.name / run.run_id).is_done() else "to run"
+            rows.append([run.arm, str(run.seed), run.run_id, state])
+        print(_format_table(["arm", "seed", "run-id", "state"], rows))
+        for arm in dict.fromkeys(r.arm for r in suite.runs):
+            config = next(r.config for r in suite.runs if r.arm == arm)
+            print(f"\n[{arm}] resolved config (seed varies):")
+            print(json.dumps(config.model_dump(mode="json"), indent=2))
+        return 0
+
+    import torch  # imported late: `--dry-run` and bad-input errors stay fast
+
+    from harness.data.cache import StageCache
+    from harness.runner import execute_run
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device", "device", "cuda requested but no CUDA device is available")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cache = StageCache(out_root / "_cache")
+    skipped = trained = 0
+    failed: list[str] = []
+    for number, run in enumerate(suite.runs, 1):
+        run_dir = out_root / suite.name / run.run_id
+        label = f"[{number}/{total}] {run.arm} seed={run.seed} ({run.run_id})"
+        if RunRecord(run_dir).is_done():
+            print(f"{label}: already done, skipped")
+            skipped += 1
+            continue
+        print(f"{label}: training on {device}")
+        try:
+            summary = execute_run(run, run_dir, cache, device, progress=not args.no_progress)
+        except KeyboardInterrupt:
+            print(f"{label}: interrupted; recorded as failed", file=sys.stderr)
+            return 130
+        except Exception as err:  # a failed run is recorded; the suite goes on with the next one
+            print(f"{label}: FAILED: {type(err).__name__}: {err}", file=sys.stderr)
+            failed.append(run.run_id)
+            continue
+        trained += 1
+        headline = suite.spec.metrics[0]
+        value = summary["metrics"].get(headline, float("nan"))
+        print(f"{label}: done in {summary['wall_s']:.0f}s, {headline} = {value:.4f}")
+    if trained == 0 and not failed:
+        print(f"all {skipped} run(s) were already done: nothing trained")
+    print()
+    print(suite_table(suite, out_root))
+    if failed:
+        print(f"\n{len(failed)} run(s) failed: {', '.join(failed)} (see status.json in each)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _headline(summary: dict[str, Any] | None) -> str:
+    if not summary:
+        return "-"
+    metrics = summary.get("metrics", {})
+    key = "heldout_ppl" if "heldout_ppl" in metrics else next(iter(metrics), None)
+    return f"{key}={metrics[key]:.4f}" if key else "-"
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    root = Path(args.dir)
+    if not root.exists():
+        print(f"error: {root}: no such directory", file=sys.stderr)
+        return 2
+    rows = []
+    for record in find_records(root):
+        header = record.config or {}
+        status = record.status or {}
+        state = status.get("state", "unknown")
+        if state == "failed":
+            state += f" ({status.get('error', '')[:60]})"
+        rows.append(
+            [
+                header.get("suite", "?"),
+                header.get("arm", "?"),
+                str(header.get("seed", "?")),
+                header.get("run_id", record.dir.name),
+                state,
+                _headline(record.summary),
+            ]
+        )
+    if not rows:
+        print(f"no runs under {root}")
+        return 0
+    print(_format_table(["suite", "arm", "seed", "run-id", "status", "headline"], rows))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description="BERT/RoBERTa pretraining ablations as data.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train and evaluate every arm x seed of a suite (finished runs are skipped)")
+    run.add_argument("suite", help="suite YAML file, e.g. ablations/quickstart.yaml")
+    run.add_argument("--arm", action="append", help="run only this arm (repeatable)")
+    run.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config field in every arm")
+    run.add_argument("--out", default=DEFAULT_OUT, help="results root (default: results)")
+    run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
+    run.add_argument("--dry-run", action="store_true", help="print the resolved runs and configs; train nothing")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+    ls = sub.add_parser("ls", help="list runs with their status and headline metric")
+    ls.add_argument("dir", nargs="?", default=DEFAULT_OUT, help="results root or one suite's directory")
+    ls.set_defaults(func=cmd_ls)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,363 @@
+"""Typed, validated run configuration: one schema per concern (model, data, masking, train, eval).
+
+A run is fully described by a `RunConfig`. Every field carries a help string, unknown keys are
+errors, and a config is frozen once validated: nothing downstream may mutate it, so the hash taken
+at load time (the run id) stays true for the whole run.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(Exception):
+    """A config problem found before any work starts: names the file, the key path and what was expected."""
+
+    def __init__(self, source: str, key_path: str, message: str):
+        self.source = source
+        self.key_path = key_path
+        self.message = message
+        super().__init__(f"{source}: {key_path or '<top>'}: {message}")
+
+
+class Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------- model
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # tiny: a CPU smoke scale that still learns document structure on the synthetic corpus.
+    "tiny": {"layers": 2, "hidden": 128, "heads": 4, "ffn": 512, "max_len": 128},
+    # small: the PERF-NOTES calibration size.
+    "small": {"layers": 4, "hidden": 256, "heads": 4, "ffn": 1024, "max_len": 128},
+    # base: BERT-base / RoBERTa-base.
+    "base": {"layers": 12, "hidden": 768, "heads": 12, "ffn": 3072, "max_len": 512},
+}
+
+
+class ModelConfig(Schema):
+    preset: Literal["tiny", "small", "base"] | None = Field(
+        None, description="Named size the other fields were filled from (explicit fields override it)."
+    )
+    layers: int = Field(2, ge=1, description="Number of transformer encoder layers.")
+    hidden: int = Field(128, ge=8, description="Hidden size (embedding width).")
+    heads: int = Field(4, ge=1, description="Attention heads; must divide hidden.")
+    ffn: int = Field(512, ge=8, description="Feed-forward inner size.")
+    max_len: int = Field(128, ge=8, description="Number of learned position embeddings.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on embeddings, attention output and FFN output.")
+    attention_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on attention probabilities.")
+    norm: Literal["post", "pre"] = Field(
+        "post", description="post: BERT/RoBERTa LayerNorm after residual; pre: before."
+    )
+    layer_norm_eps: float = Field(1e-12, gt=0.0, description="LayerNorm epsilon (BERT 1e-12, RoBERTa 1e-5).")
+    init_std: float = Field(0.02, gt=0.0, description="Std of the normal init of all weights, as in BERT.")
+    token_types: int = Field(2, ge=1, description="Segment (token type) embeddings; pair formats use ids 0 and 1.")
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> ModelConfig:
+        if self.hidden % self.heads != 0:
+            raise ValueError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
+        return self
+
+
+# ---------------------------------------------------------------------------------------- data
+
+
+class SyntheticCorpus(Schema):
+    source: Literal["synthetic"] = Field(description="The built-in generated corpus (no download).")
+    documents: int = Field(1500, ge=10, description="Number of documents to generate.")
+    seed: int = Field(0, description="Generator seed: fixes the vocabulary, topics and documents.")
+
+
+class FilesCorpus(Schema):
+    source: Literal["files"] = Field(description="Local text / JSONL / Parquet files.")
+    paths: list[str] = Field(min_length=1, description="Files to read, in order (relative to the working directory).")
+    format: Literal["text", "jsonl", "parquet"] | None = Field(
+        None, description="File format; inferred from the suffix when omitted."
+    )
+    text_field: str = Field("text", description="Field holding a document's text in JSONL / Parquet rows.")
+    text_layout: Literal["document_per_line", "blank_line_separated"] = Field(
+        "blank_line_separated", description="How documents are delimited in plain text files."
+    )
+    max_documents: int | None = Field(None, ge=1, description="Read at most this many documents.")
+
+    @field_validator("paths")
+    @classmethod
+    def _files_exist(cls, paths: list[str]) -> list[str]:
+        missing = [p for p in paths if not Path(p).is_file()]
+        if missing:
+            raise ValueError(f"corpus file not found: {', '.join(missing)}")
+        return paths
+
+
+class HubCorpus(Schema):
+    source: Literal["hub"] = Field(description="A dataset on the Hugging Face hub, loaded with `datasets`.")
+    name: str = Field(description="Hub dataset name, e.g. 'Salesforce/wikitext'.")
+    config: str | None = Field(None, description="Dataset config name, e.g. 'wikitext-103-raw-v1'.")
+    split: str = Field("train", description="Split to read.")
+    text_field: str = Field("text", description="Column holding the text.")
+    max_documents: int | None = Field(None, ge=1, description="Read at most this many documents.")
+
+
+CorpusConfig = Annotated[SyntheticCorpus | FilesCorpus | HubCorpus, Field(discriminator="source")]
+
+
+class TokenizerConfig(Schema):
+    kind: Literal["byte_bpe", "wordpiece", "char_bpe"] = Field(
+        "byte_bpe", description="byte_bpe: RoBERTa/GPT-2; wordpiece: BERT; char_bpe: character-level BPE."
+    )
+    vocab_size: int = Field(4096, ge=64, description="Target vocabulary size, special tokens included.")
+    min_frequency: int = Field(2, ge=1, description="Minimum pair frequency for a merge / piece.")
+    lowercase: bool = Field(False, description="Lowercase text before tokenizing (BERT uncased).")
+
+
+PAIR_FORMATS = ("segment_pair", "sentence_pair")
+
+
+class DataConfig(Schema):
+    corpus: CorpusConfig = Field(
+        default_factory=lambda: SyntheticCorpus(source="synthetic"), description="Where the text comes from."
+    )
+    heldout_fraction: float = Field(
+        0.05, gt=0.0, lt=0.5, description="Fraction of documents held out for perplexity (same split for every arm)."
+    )
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="Tokenizer trained on the corpus.")
+    format: Literal["full_sentences", "doc_sentences", "segment_pair", "sentence_pair"] = Field(
+        "full_sentences", description="Input format (RoBERTa §4.2)."
+    )
+    nsp: bool = Field(False, description="Next-sentence prediction loss; needs a pair format.")
+    max_seq_len: int = Field(128, ge=8, description="Maximum tokens per sequence, special tokens included.")
+    short_seq_prob: float = Field(
+        0.1, ge=0.0, le=1.0, description="BERT's probability of a shorter target length in pair formats."
+    )
+    seed: int = Field(
+        12345, ge=0, description="Seed of data preparation (pair sampling); run seeds share one prepared dataset."
+    )
+
+    @model_validator(mode="after")
+    def _nsp_needs_pairs(self) -> DataConfig:
+        if self.nsp and self.format not in PAIR_FORMATS:
+            raise ValueError(f"nsp needs a pair format ({' or '.join(PAIR_FORMATS)}), not {self.format!r}")
+        return self
+
+
+# ------------------------------------------------------------------------------------- masking
+
+
+class MaskingConfig(Schema):
+    kind: Literal["static", "dynamic"] = Field(
+        "dynamic", description="static: dupe_factor fixed masks cycled over epochs (BERT); dynamic: new every epoch."
+    )
+    dupe_factor: int = Field(10, ge=1, description="Distinct masks per sequence under static masking.")
+    mask_prob: float = Field(0.15, gt=0.0, lt=1.0, description="Fraction of maskable positions selected.")
+    replace_mask: float = Field(0.8, ge=0.0, le=1.0, description="Share of selected positions set to the mask token.")
+    replace_random: float = Field(0.1, ge=0.0, le=1.0, description="Share set to a random non-special token.")
+    keep: float = Field(0.1, ge=0.0, le=1.0, description="Share left unchanged (still predicted).")
+
+    @model_validator(mode="after")
+    def _shares_sum_to_one(self) -> MaskingConfig:
+        total = self.replace_mask + self.replace_random + self.keep
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"replace_mask + replace_random + keep must be 1, got {total:g}")
+        return self
+
+
+# --------------------------------------------------------------------------------------- train
+
+
+class TrainConfig(Schema):
+    seed: int = Field(0, ge=0, description="Run seed: model init, data order, dynamic masks.")
+    batch_size: int | None = Field(None, ge=1, description="Sequences per optimizer step (or give tokens_per_step).")
+    tokens_per_step: int | None = Field(
+        None, ge=1, description="Real (non-pad) tokens per optimizer step; sequences are added until reached."
+    )
+    micro_batch_size: int = Field(32, ge=1, description="Sequences per forward pass; gradients accumulate over them.")
+    steps: int | None = Field(None, ge=1, description="Optimizer steps (or give token_budget).")
+    token_budget: int | None = Field(None, ge=1, description="Total tokens; steps = token_budget / tokens per step.")
+    lr: float = Field(1e-3, gt=0.0, description="Peak learning rate.")
+    warmup_fraction: float = Field(0.06, ge=0.0, lt=1.0, description="Fraction of steps of linear warmup.")
+    schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay after warmup.")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1.")
+    beta2: float = Field(0.98, ge=0.0, lt=1.0, description="AdamW beta2 (BERT 0.999, RoBERTa 0.98).")
+    eps: float = Field(1e-6, gt=0.0, description="AdamW epsilon.")
+    weight_decay: float = Field(0.01, ge=0.0, description="Decoupled weight decay (not on biases and norms).")
+    clip_norm: float = Field(1.0, ge=0.0, description="Gradient norm clip; 0 disables.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
+    log_every: int = Field(10, ge=1, description="Steps between training-metric lines in metrics.jsonl.")
+    eval_every: int = Field(0, ge=0, description="Steps between held-out loss evaluations; 0: only at the end.")
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> TrainConfig:
+        if (self.batch_size is None) == (self.tokens_per_step is None):
+            raise ValueError("give exactly one of batch_size or tokens_per_step")
+        if (self.steps is None) == (self.token_budget is None):
+            raise ValueError("give exactly one of steps or token_budget")
+        return self
+
+
+# ---------------------------------------------------------------------------------------- eval
+
+
+class FinetuneConfig(Schema):
+    epochs: float = Field(3.0, gt=0.0, description="Passes over the (capped) task training set.")
+    lr: float = Field(1e-4, gt=0.0, description="Peak learning rate (linear warmup then decay).")
+    batch_size: int = Field(32, ge=1, description="Examples per step.")
+    warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of steps of warmup.")
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay.")
+    max_train_examples: int | None = Field(2000, ge=1, description="Cap on training examples (small budgets).")
+    max_eval_examples: int | None = Field(None, ge=1, description="Cap on dev examples.")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Fine-tuning seeds per task.")
+
+
+class EvalConfig(Schema):
+    heldout_sequences: int = Field(256, ge=1, description="Held-out packed sequences scored for perplexity.")
+    mask_seed: int = Field(12345, description="Seed of the fixed held-out mask (shared by every arm).")
+    batch_size: int = Field(64, ge=1, description="Sequences per evaluation forward pass.")
+    tasks: list[Literal["synthetic-topic"]] = Field(
+        default_factory=list, description="Downstream tasks fine-tuned after pretraining."
+    )
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Fine-tuning protocol (all tasks).")
+
+
+# ----------------------------------------------------------------------------------------- run
+
+
+class RunConfig(Schema):
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Encoder architecture.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Corpus, tokenizer and input format.")
+    masking: MaskingConfig = Field(default_factory=MaskingConfig, description="MLM masking scheme.")
+    train: TrainConfig = Field(description="Optimisation and budget.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Perplexity and downstream evaluation.")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunConfig:
+        if self.data.max_seq_len > self.model.max_len:
+            raise ValueError(f"data.max_seq_len ({self.data.max_seq_len}) exceeds model.max_len ({self.model.max_len})")
+        if "synthetic-topic" in self.eval.tasks and self.data.corpus.source != "synthetic":
+            raise ValueError("eval.tasks: synthetic-topic needs data.corpus.source = synthetic")
+        return self
+
+    def run_id(self) -> str:
+        """Content address of the run: the same resolved config always gives the same id."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+METRIC_NAMES = ("heldout_loss", "heldout_ppl", "train_loss", "synthetic-topic.accuracy")
+
+
+# ------------------------------------------------------------------------------ dict utilities
+
+
+VARIANT_KEY = "source"  # the field that picks a corpus schema; other variants' fields do not carry over
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A new dict: override's leaves replace base's; nested dicts merge; lists replace whole.
+    A mapping that switches variant (another `source`) replaces the base's mapping whole."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        old = merged.get(key)
+        switches = (
+            isinstance(old, dict)
+            and isinstance(value, dict)
+            and value.get(VARIANT_KEY, old.get(VARIANT_KEY)) != old.get(VARIANT_KEY)
+        )
+        if isinstance(value, dict) and isinstance(old, dict) and not switches:
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def expand_presets(raw: dict[str, Any]) -> dict[str, Any]:
+    """Fill model fields from `model.preset`; fields given explicitly win."""
+    model = raw.get("model")
+    if isinstance(model, dict) and model.get("preset") is not None:
+        preset = model["preset"]
+        if preset not in MODEL_PRESETS:
+            return raw  # validation reports the bad name with the allowed values
+        raw = dict(raw)
+        raw["model"] = {**MODEL_PRESETS[preset], **model}
+    return raw
+
+
+def parse_set(assignment: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (['a','b','c'], value parsed as a YAML scalar, so 7e-4, true, [1,2] work)."""
+    if "=" not in assignment:
+        raise ConfigError("--set", assignment, "expected KEY.PATH=VALUE")
+    key, _, text = assignment.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError("--set", assignment, "expected KEY.PATH=VALUE")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError("--set", key, f"value is not valid YAML: {err}") from None
+    return parts, value
+
+
+def nested(parts: list[str], value: Any) -> dict[str, Any]:
+    out: Any = value
+    for part in reversed(parts):
+        out = {part: out}
+    return out
+
+
+def _describe(err: dict[str, Any], schema_fields: dict[str, Any] | None) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = f" (expected one of: {', '.join(sorted(schema_fields))})" if schema_fields else ""
+        return f"unknown key{allowed}"
+    if kind == "missing":
+        return "required key is missing"
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{message} (got {err['input']!r})" if kind != "value_error" and "input" in err else message
+
+
+def _fields_at(loc: tuple[Any, ...]) -> dict[str, Any] | None:
+    """The allowed keys of the schema that holds the last element of loc, for 'unknown key' messages."""
+    model: Any = RunConfig
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            # a discriminated union member name (e.g. 'files') sits between field names in the loc
+            candidates = {"synthetic": SyntheticCorpus, "files": FilesCorpus, "hub": HubCorpus}
+            model = candidates.get(part, model)
+            continue
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        sub = next((a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if sub is None:
+            return None
+        model = sub
+    return getattr(model, "model_fields", None)
+
+
+def validate_run_config(raw: dict[str, Any], source: str) -> RunConfig:
+    """Validate a resolved config dict; any problem becomes a ConfigError naming source and key path."""
+    try:
+        return RunConfig.model_validate(expand_presets(raw))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(p for p in err["loc"] if p not in ("synthetic", "files", "hub") or len(err["loc"]) == 1)
+        path = ".".join(str(p) for p in loc)
+        raise ConfigError(source, path, _describe(err, _fields_at(tuple(err["loc"])))) from None
+
+
+def has_path(tree: dict[str, Any], path: str) -> bool:
+    """Whether a nested dict sets the key path `a.b.c` or anything below it."""
+    node: Any = tree
+    for part in path.split(".") if path else []:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True

@@ -1,0 +1,1 @@
+"""The pretraining data flow: sources -> sentences -> tokenizer -> formats -> masking -> batches."""

@@ -1,0 +1,230 @@
+"""A BERT/RoBERTa encoder with its pretraining and classification heads, in plain PyTorch.
+
+Module and parameter names mirror Hugging Face's BERT/RoBERTa layout (embeddings.word_embeddings,
+encoder.layer.N.attention.self.query, ..., lm_head.dense) with the same shapes, so exporting to
+`RobertaForMaskedLM` / `BertForPreTraining` is a renaming of keys, never a reshaping.
+
+The MLM head runs only on the masked positions (~15% of tokens): at a small hidden size the
+vocabulary projection is most of a step's FLOPs, so projecting every position wastes most of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.config import ModelConfig
+from harness.data.masking import IGNORE
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: ModelConfig, vocab_size: int, pad_id: int):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(vocab_size, config.hidden, padding_idx=pad_id)
+        self.position_embeddings = nn.Embedding(config.max_len, config.hidden)
+        self.token_type_embeddings = nn.Embedding(config.token_types, config.hidden)
+        self.LayerNorm = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(positions)
+            + self.token_type_embeddings(token_type_ids)
+        )
+        return self.dropout(self.LayerNorm(x))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.heads = config.heads
+        self.query = nn.Linear(config.hidden, config.hidden)
+        self.key = nn.Linear(config.hidden, config.hidden)
+        self.value = nn.Linear(config.hidden, config.hidden)
+        self.dropout_p = config.attention_dropout
+
+    def forward(self, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+        batch, length, hidden = x.shape
+        head_dim = hidden // self.heads
+
+        def split_heads(t: torch.Tensor) -> torch.Tensor:  # [B, L, H] -> [B, heads, L, head_dim]
+            return t.view(batch, length, self.heads, head_dim).transpose(1, 2)
+
+        q, k, v = split_heads(self.query(x)), split_heads(self.key(x)), split_heads(self.value(x))
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attend, dropout_p=self.dropout_p if self.training else 0.0
+        )
+        return out.transpose(1, 2).reshape(batch, length, hidden)
+
+
+class AttentionOutput(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden, config.hidden)
+        self.LayerNorm = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.self = SelfAttention(config)  # HF's key name 'attention.self.*'
+        self.output = AttentionOutput(config)
+
+
+class Intermediate(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden, config.ffn)
+
+
+class Output(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.ffn, config.hidden)
+        self.LayerNorm = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+
+class Layer(nn.Module):
+    """One transformer block. post-norm (BERT): x = LN(x + f(x)); pre-norm: x = x + f(LN(x))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.pre_norm = config.norm == "pre"
+        self.attention = Attention(config)
+        self.intermediate = Intermediate(config)
+        self.output = Output(config)
+
+    def forward(self, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+        attn, ffn_in, ffn_out = self.attention.output, self.intermediate, self.output
+        if self.pre_norm:
+            x = x + attn.dropout(attn.dense(self.attention.self(attn.LayerNorm(x), attend)))
+            return x + ffn_out.dropout(ffn_out.dense(F.gelu(ffn_in.dense(ffn_out.LayerNorm(x)))))
+        x = attn.LayerNorm(x + attn.dropout(attn.dense(self.attention.self(x, attend))))
+        return ffn_out.LayerNorm(x + ffn_out.dropout(ffn_out.dense(F.gelu(ffn_in.dense(x)))))
+
+
+class LayerStack(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(Layer(config) for _ in range(config.layers))
+
+
+class Encoder(nn.Module):
+    """input ids [B, L] -> hidden states [B, L, hidden]."""
+
+    def __init__(self, config: ModelConfig, vocab_size: int, pad_id: int):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config, vocab_size, pad_id)
+        self.encoder = LayerStack(config)
+        # pre-norm stacks need a last LayerNorm; post-norm outputs are already normalised
+        self.final_norm = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps) if config.norm == "pre" else None
+
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        attend = attention_mask[:, None, None, :]  # [B, 1, 1, L]: every query sees the real keys
+        x = self.embeddings(input_ids, token_type_ids)
+        for layer in self.encoder.layer:
+            x = layer(x, attend)
+        return self.final_norm(x) if self.final_norm is not None else x
+
+
+class LMHead(nn.Module):
+    """dense -> GELU -> LayerNorm -> vocabulary projection tied to the word embeddings."""
+
+    def __init__(self, config: ModelConfig, vocab_size: int):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden, config.hidden)
+        self.layer_norm = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.layer_norm(F.gelu(self.dense(hidden))), word_embeddings, self.bias)
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """BERT's initialisation. With the default N(0, 1) embedding init tied to the output layer,
+    logits are large, softmax underflows to denormals and CPU matmuls slow ~20x (PERF-NOTES)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+            if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+@dataclass
+class PretrainLosses:
+    mlm_loss_sum: torch.Tensor  # summed over masked positions
+    masked: int
+    mlm_correct: int
+    nsp_loss_sum: torch.Tensor | None  # summed over pair sequences
+    pairs: int
+
+
+class PretrainingModel(nn.Module):
+    """Encoder + MLM head (+ NSP head). Returns summed losses so gradient accumulation over
+    micro-batches can normalise by the whole step's counts."""
+
+    def __init__(self, config: ModelConfig, vocab_size: int, pad_id: int, nsp: bool):
+        super().__init__()
+        self.roberta = Encoder(config, vocab_size, pad_id)
+        self.lm_head = LMHead(config, vocab_size)
+        self.nsp_head = nn.Linear(config.hidden, 2) if nsp else None
+        init_weights(self, config.init_std)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        mlm_labels: torch.Tensor,
+        nsp_labels: torch.Tensor | None = None,
+    ) -> PretrainLosses:
+        hidden = self.roberta(input_ids, token_type_ids, attention_mask)  # [B, L, H]
+        predicted = mlm_labels != IGNORE
+        targets = mlm_labels[predicted]  # [M]
+        logits = self.lm_head(hidden[predicted], self.roberta.embeddings.word_embeddings.weight)  # [M, V]
+        mlm_loss = F.cross_entropy(logits.float(), targets, reduction="sum")
+        correct = int((logits.argmax(-1) == targets).sum())
+        nsp_loss, pairs = None, 0
+        if self.nsp_head is not None and nsp_labels is not None:
+            has_pair = nsp_labels >= 0
+            pairs = int(has_pair.sum())
+            nsp_logits = self.nsp_head(hidden[has_pair, 0])  # first token: <cls>
+            nsp_loss = F.cross_entropy(nsp_logits.float(), nsp_labels[has_pair], reduction="sum")
+        return PretrainLosses(mlm_loss, int(targets.numel()), correct, nsp_loss, pairs)
+
+
+class SequenceClassifier(nn.Module):
+    """A pretrained encoder with RoBERTa's classification head on the first token."""
+
+    def __init__(self, encoder: Encoder, num_labels: int, dropout: float):
+        super().__init__()
+        hidden = encoder.config.hidden
+        self.roberta = encoder
+        self.dense = nn.Linear(hidden, hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(hidden, num_labels)
+        for layer in (self.dense, self.out_proj):
+            nn.init.normal_(layer.weight, std=encoder.config.init_std)
+            nn.init.zeros_(layer.bias)
+
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        first = self.roberta(input_ids, token_type_ids, attention_mask)[:, 0]
+        return self.out_proj(self.dropout(torch.tanh(self.dense(self.dropout(first)))))

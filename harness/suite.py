@@ -1,0 +1,175 @@
+"""Suites: a YAML file with a base config, named arms (partial overrides) and seeds -> runs.
+
+Every problem with a suite is found here, before any training: unknown keys, wrong types,
+impossible values and arm overrides of keys that do not exist all raise `ConfigError` naming the
+file and the key path.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from harness.config import (
+    METRIC_NAMES,
+    ConfigError,
+    RunConfig,
+    Schema,
+    deep_merge,
+    has_path,
+    nested,
+    parse_set,
+    validate_run_config,
+)
+
+
+class SuiteSpec(Schema):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Suite name; results go to <out>/<name>/.")
+    description: str = Field("", description="What the suite asks.")
+    base: dict[str, Any] = Field(description="Config shared by every arm (a preset plus overrides).")
+    arms: dict[str, dict[str, Any] | None] = Field(min_length=1, description="Arm name -> partial override of base.")
+    seeds: list[int] = Field(min_length=1, description="Pretraining seeds; every arm runs once per seed.")
+    metrics: list[str] = Field(
+        default_factory=lambda: ["heldout_ppl"], min_length=1, description="Metrics to report; the first is headline."
+    )
+    baseline: str | None = Field(None, description="Arm the others are compared with (default: the first).")
+
+
+@dataclass(frozen=True)
+class Run:
+    suite: str
+    arm: str
+    seed: int
+    config: RunConfig
+
+    @property
+    def run_id(self) -> str:
+        return self.config.run_id()
+
+
+@dataclass(frozen=True)
+class Suite:
+    path: Path
+    spec: SuiteSpec
+    runs: list[Run]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def _check_override_keys(override: dict[str, Any], source: str, path: str) -> None:
+    """Reject keys the run schema lacks, naming the arm's own key path (a merged config would only
+    say 'unknown key' without saying which arm wrote it)."""
+    _walk(override, _schema_tree(RunConfig), source, path)
+
+
+def _schema_tree(model: Any) -> dict[str, Any] | None:
+    fields = getattr(model, "model_fields", None)
+    if fields is None:
+        return None
+    tree: dict[str, Any] = {}
+    for name, field in fields.items():
+        annotation = field.annotation
+        members = [annotation, *getattr(annotation, "__args__", ())]
+        # a union of schemas (the corpus sources): the keys of all members are acceptable here
+        subtrees = [t for t in (_schema_tree(m) for m in members if isinstance(m, type)) if t is not None]
+        merged: dict[str, Any] | None = None
+        for sub in subtrees:
+            merged = {**(merged or {}), **sub}
+        tree[name] = merged
+    return tree
+
+
+def _walk(override: dict[str, Any], tree: dict[str, Any] | None, source: str, path: str) -> None:
+    if tree is None:
+        return
+    for key, value in override.items():
+        here = f"{path}.{key}" if path else key
+        if key not in tree:
+            raise ConfigError(source, here, f"unknown key (expected one of: {', '.join(sorted(tree))})")
+        if isinstance(value, dict):
+            _walk(value, tree[key], source, here)
+
+
+def _attribute(err: ConfigError, arm: str, arm_override: dict[str, Any], cli: dict[str, Any]) -> ConfigError:
+    """Name where the bad value was written: `--set`, the arm's override, or the base. A cross-field
+    error (at `data`, or at the top) belongs to the arm when the arm changed anything under it."""
+    path = err.key_path
+    if path == "train.seed":
+        return ConfigError(err.source, "seeds", err.message)
+    if path and has_path(cli, path):
+        return ConfigError("--set", path, err.message)
+    touched_by_arm = has_path(arm_override, path) if path else bool(arm_override)
+    prefix = f"arms.{arm}" if touched_by_arm else "base"
+    return ConfigError(err.source, f"{prefix}.{path}" if path else prefix, err.message)
+
+
+def load_suite(path: str | Path, overrides: list[str] = (), arms: list[str] | None = None) -> Suite:
+    """Read and fully validate a suite; `overrides` are `--set key.path=value` strings applied to every arm."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise ConfigError(source, "", "suite file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(source, "", f"not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(source, "", "expected a mapping with name, base, arms, seeds")
+    try:
+        spec = SuiteSpec.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] == "extra_forbidden":
+            message += f" (expected one of: {', '.join(SuiteSpec.model_fields)})"
+        raise ConfigError(source, key, message) from None
+
+    _check_override_keys(spec.base, source, "base")
+    cli_override: dict[str, Any] = {}
+    for assignment in overrides:
+        parts, value = parse_set(assignment)
+        _check_override_keys(nested(parts, value), "--set", "")
+        cli_override = deep_merge(cli_override, nested(parts, value))
+
+    for metric in spec.metrics:
+        if metric not in METRIC_NAMES:
+            raise ConfigError(
+                source, "metrics", f"unknown metric {metric!r} (expected one of: {', '.join(METRIC_NAMES)})"
+            )
+    if spec.baseline is not None and spec.baseline not in spec.arms:
+        raise ConfigError(source, "baseline", f"no arm named {spec.baseline!r}")
+
+    selected = list(spec.arms)
+    if arms:
+        unknown = [a for a in arms if a not in spec.arms]
+        if unknown:
+            raise ConfigError(source, "arms", f"no arm named {', '.join(unknown)} (have: {', '.join(spec.arms)})")
+        selected = [a for a in spec.arms if a in arms]
+
+    runs: list[Run] = []
+    for arm in selected:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", arm):
+            raise ConfigError(source, f"arms.{arm}", "arm names may use letters, digits and . _ + -")
+        arm_override = spec.arms[arm] or {}
+        _check_override_keys(arm_override, source, f"arms.{arm}")
+        resolved = deep_merge(deep_merge(spec.base, arm_override), cli_override)
+        for seed in spec.seeds:
+            seeded = deep_merge(resolved, {"train": {"seed": seed}})
+            try:
+                config = validate_run_config(seeded, source)
+            except ConfigError as err:
+                raise _attribute(err, arm, arm_override, cli_override) from None
+            runs.append(Run(suite=spec.name, arm=arm, seed=seed, config=config))
+    for metric in spec.metrics:
+        task = metric.split(".")[0]
+        if "." in metric and any(task not in r.config.eval.tasks for r in runs):
+            raise ConfigError(source, "metrics", f"{metric!r} needs eval.tasks to include {task!r} in every arm")
+    return Suite(path=path, spec=spec, runs=runs)

@@ -1,0 +1,156 @@
+"""Bad suites end with exit 2 and one message naming the file, the key path and what was expected,
+before any training and without writing a run record."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+from conftest import tiny_suite
+from pydantic import ValidationError
+
+from harness.cli import main
+from harness.config import ConfigError, RunConfig, validate_run_config
+from harness.suite import load_suite
+
+
+def _with(suite: dict, path: str, value) -> dict:
+    suite = copy.deepcopy(suite)
+    node = suite
+    *parents, leaf = path.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+    return suite
+
+
+BAD_SUITES = [
+    # (change, key path expected in the message, words expected in the message)
+    (("base.model.hiden", 64), "base.model.hiden", "unknown key"),
+    (("base.model.heads", 3), "base.model", "heads (3) must divide hidden (64)"),
+    (("base.masking", {"mask_prob": 1.5}), "base.masking.mask_prob", "less than 1"),
+    (("base.masking", {"mask_prob": 0.0}), "base.masking.mask_prob", "greater than 0"),
+    (("base.train.lr", "fast"), "base.train.lr", "valid number"),
+    (("arms.static", {"masking": {"replace_mask": 0.5}}), "arms.static.masking", "must be 1"),
+    (("arms.static", {"model": {"hidden": 65}}), "arms.static.model", "must divide hidden"),
+    (("arms.static", {"masking": {"kinds": "static"}}), "arms.static.masking.kinds", "unknown key"),
+    (("arms.static", {"optimizer": {"lr": 1}}), "arms.static.optimizer", "unknown key"),
+    (
+        ("base.data.corpus", {"source": "files", "paths": ["/nonexistent/corpus.txt"]}),
+        "base.data.corpus.paths",
+        "/nonexistent/corpus.txt",
+    ),
+    (("base.data.nsp", True), "base.data", "nsp needs a pair format"),
+    (("base.data.max_seq_len", 512), "base", "exceeds model.max_len"),
+    (("seeds", [-1]), "seeds", "greater than or equal to 0"),
+    (("seeds", []), "seeds", "at least 1"),
+    (("metrics", ["accuracy"]), "metrics", "unknown metric"),
+    (("colour", "blue"), "colour", "unknown key"),
+]
+
+
+@pytest.mark.parametrize("change,key_path,words", BAD_SUITES, ids=[c[1] for c in BAD_SUITES])
+def test_bad_suite_exits_2_naming_file_and_key(change, key_path, words, write_suite, tmp_path, capsys):
+    path = write_suite(_with(tiny_suite(), *change))
+    out = tmp_path / "results"
+    assert main(["run", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, "one message"
+    assert err.startswith(f"error: {path}: {key_path}"), err
+    assert words in err, err
+    assert not out.exists(), "no run record may be written for a bad suite"
+
+
+def test_bad_set_override_names_the_flag(write_suite, tmp_path, capsys):
+    path = write_suite(tiny_suite())
+    assert main(["run", str(path), "--out", str(tmp_path / "r"), "--set", "train.lrr=1e-3"]) == 2
+    assert "error: --set: train.lrr: unknown key" in capsys.readouterr().err
+
+
+def test_set_override_reaches_every_run(write_suite):
+    suite = load_suite(write_suite(tiny_suite()), overrides=["train.lr=7e-4", "masking.mask_prob=0.2"])
+    assert {r.config.train.lr for r in suite.runs} == {7e-4}
+    assert {r.config.masking.mask_prob for r in suite.runs} == {0.2}
+
+
+def test_missing_suite_file(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.yaml")]) == 2
+    assert "suite file not found" in capsys.readouterr().err
+
+
+def test_preset_fills_model_and_explicit_fields_win():
+    config = validate_run_config(
+        {"model": {"preset": "base", "layers": 3}, "train": {"batch_size": 8, "steps": 1}}, "x"
+    )
+    assert (config.model.layers, config.model.hidden, config.model.heads) == (3, 768, 12)
+
+
+def test_config_is_frozen():
+    config = validate_run_config({"train": {"batch_size": 8, "steps": 1}}, "x")
+    with pytest.raises(ValidationError):
+        config.train.lr = 1.0  # type: ignore[misc]
+
+
+def test_every_field_has_help():
+    def walk(model):
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no help string"
+            for sub in (field.annotation, *getattr(field.annotation, "__args__", ())):
+                if isinstance(sub, type) and hasattr(sub, "model_fields"):
+                    walk(sub)
+
+    walk(RunConfig)
+
+
+# ------------------------------------------------------------------------------------ run ids
+
+
+def test_run_id_is_stable_for_the_same_config(write_suite, tmp_path):
+    first = load_suite(write_suite(tiny_suite(), "a.yaml"))
+    # same content, different key order and a different file: same ids
+    reordered = tiny_suite()
+    reordered["base"] = dict(reversed(list(reordered["base"].items())))
+    second = load_suite(write_suite(reordered, "b.yaml"))
+    assert [r.run_id for r in first.runs] == [r.run_id for r in second.runs]
+
+
+LEAF_CHANGES = [
+    "model.layers=2",
+    "model.dropout=0.2",
+    "model.norm=pre",
+    "data.tokenizer.vocab_size=2000",
+    "data.tokenizer.kind=wordpiece",
+    "data.format=doc_sentences",
+    "data.max_seq_len=32",
+    "masking.mask_prob=0.2",
+    "masking.kind=static",
+    "train.lr=1e-4",
+    "train.beta2=0.999",
+    "train.steps=13",
+    "eval.mask_seed=7",
+    "data.corpus.documents=121",
+]
+
+
+@pytest.mark.parametrize("assignment", LEAF_CHANGES)
+def test_any_changed_field_changes_the_run_id(assignment, write_suite):
+    path = write_suite(tiny_suite(arms={"only": {}}))
+    base_id = load_suite(path).runs[0].run_id
+    assert load_suite(path, overrides=[assignment]).runs[0].run_id != base_id
+
+
+def test_seed_changes_the_run_id(write_suite):
+    suite = load_suite(write_suite(tiny_suite(arms={"only": {}}, seeds=[0, 1])))
+    assert len({r.run_id for r in suite.runs}) == 2
+
+
+def test_shipped_suites_resolve():
+    for path in sorted(Path(__file__).resolve().parents[1].glob("ablations/*.yaml")):
+        suite = load_suite(path)
+        assert suite.runs, path
+
+
+def test_config_error_carries_fields():
+    err = ConfigError("f.yaml", "a.b", "bad")
+    assert (err.source, err.key_path, err.message) == ("f.yaml", "a.b", "bad")

@@ -1,0 +1,282 @@
+"""Data stages as pure functions on small hand-built inputs, plus the cached pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from harness.config import DataConfig, FilesCorpus, HubCorpus, MaskingConfig, SyntheticCorpus, TokenizerConfig
+from harness.data.batches import PretrainingBatches
+from harness.data.cache import StageCache
+from harness.data.formats import FORMATS, NO_PAIR, NOT_NEXT, full_sentences
+from harness.data.masking import IGNORE, mask_sequence, random_ordinary_tokens
+from harness.data.pipeline import prepare_data
+from harness.data.sentences import split_sentences
+from harness.data.sources import DataSourceError, load_documents
+from harness.data.synthetic import generate_corpus, generate_topic_task, make_world
+from harness.data.tokenizer import SpecialTokens, TokenizedCorpus
+
+SPECIALS = SpecialTokens(cls=0, sep=2, pad=1, mask=4, unk=3, pair_separator=(2, 2))
+
+
+def corpus_of(documents: list[list[list[int]]]) -> TokenizedCorpus:
+    sentences = [np.asarray(s, dtype=np.int32) for doc in documents for s in doc]
+    lengths = [len(s) for s in sentences]
+    return TokenizedCorpus(
+        np.concatenate(sentences),
+        np.concatenate([[0], np.cumsum(lengths)]),
+        np.concatenate([[0], np.cumsum([len(d) for d in documents])]),
+    )
+
+
+# ------------------------------------------------------------------------------------- masking
+
+
+def test_masking_is_a_pure_function_of_seed_epoch_index():
+    tokens = np.arange(5, 105)
+    config = MaskingConfig()
+    a = mask_sequence(tokens, SPECIALS, 1000, config, seed=3, epoch=1, index=7)
+    b = mask_sequence(tokens, SPECIALS, 1000, config, seed=3, epoch=1, index=7)
+    c = mask_sequence(tokens, SPECIALS, 1000, config, seed=3, epoch=2, index=7)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a[1], c[1])
+
+
+def test_masking_with_only_mask_replacement_is_exactly_checkable():
+    tokens = np.asarray([0, *range(10, 110), 2, 1, 1])  # cls, 100 ordinary tokens, sep, pad, pad
+    config = MaskingConfig(mask_prob=0.2, replace_mask=1.0, replace_random=0.0, keep=0.0)
+    inputs, labels = mask_sequence(tokens, SPECIALS, 1000, config, seed=0, epoch=0, index=0)
+    predicted = labels != IGNORE
+    assert predicted.sum() == 20
+    assert np.all(inputs[predicted] == SPECIALS.mask)
+    assert np.array_equal(labels[predicted], tokens[predicted])
+    assert np.array_equal(inputs[~predicted], tokens[~predicted])
+    assert not predicted[[0, 101, 102, 103]].any(), "special tokens are never selected"
+
+
+def test_mask_rate_and_split_over_many_draws():
+    tokens = np.arange(5, 133)
+    config = MaskingConfig()
+    chosen = replaced = randomised = 0
+    for index in range(400):
+        inputs, labels = mask_sequence(tokens, SPECIALS, 500, config, seed=1, epoch=0, index=index)
+        predicted = labels != IGNORE
+        chosen += predicted.sum()
+        replaced += (inputs[predicted] == SPECIALS.mask).sum()
+        randomised += ((inputs[predicted] != SPECIALS.mask) & (inputs[predicted] != labels[predicted])).sum()
+    assert abs(chosen / (400 * len(tokens)) - 0.15) < 0.005
+    assert abs(replaced / chosen - 0.8) < 0.02
+    assert 0.07 < randomised / chosen < 0.11  # 10% minus random draws that hit the original token
+
+
+def test_static_masking_cycles_dupe_factor_masks():
+    tokens = np.arange(5, 69)
+    config = MaskingConfig(kind="static", dupe_factor=3)
+    masks = {tuple(mask_sequence(tokens, SPECIALS, 500, config, 0, epoch, 5)[1]) for epoch in range(12)}
+    assert len(masks) == 3
+    same = [mask_sequence(tokens, SPECIALS, 500, config, 0, e, 5)[1] for e in (1, 4, 7)]
+    assert all(np.array_equal(same[0], m) for m in same)
+    dynamic = MaskingConfig(kind="dynamic")
+    assert len({tuple(mask_sequence(tokens, SPECIALS, 500, dynamic, 0, e, 5)[1]) for e in range(12)}) == 12
+
+
+def test_random_replacements_never_pick_special_tokens():
+    specials = SpecialTokens(cls=3, sep=7, pad=0, mask=9, unk=8, pair_separator=(7,))
+    draws = random_ordinary_tokens(np.random.default_rng(0), 20000, specials, 12)
+    assert set(np.unique(draws)) == {1, 2, 4, 5, 6, 10, 11}
+
+
+# ------------------------------------------------------------------------------------- formats
+
+
+def test_full_sentences_packs_whole_sentences_across_documents_with_a_separator():
+    corpus = corpus_of([[[10, 11, 12], [13, 14]], [[20, 21, 22, 23], [24]], [[30, 31, 32, 33, 34, 35]]])
+    sequences = full_sentences(corpus, SPECIALS, max_seq_len=10, seed=0, short_seq_prob=0.0)
+    got = [sequences[i][0].tolist() for i in range(len(sequences))]
+    # capacity 8: [10 11 12][13 14] + doc-boundary sep = 6; next sentence (4) does not fit
+    assert got == [
+        [0, 10, 11, 12, 13, 14, 2, 2],
+        [0, 20, 21, 22, 23, 24, 2, 2],
+        [0, 30, 31, 32, 33, 34, 35, 2, 2],
+    ]
+    assert set(sequences.nsp_labels.tolist()) == {NO_PAIR}
+
+
+def test_doc_sentences_never_crosses_a_document():
+    corpus = corpus_of([[[10, 11], [12]], [[20], [21]]])
+    sequences = FORMATS["doc_sentences"](corpus, SPECIALS, 16, 0, 0.0)
+    assert [sequences[i][0].tolist() for i in range(len(sequences))] == [[0, 10, 11, 12, 2], [0, 20, 21, 2]]
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_every_format_respects_max_length_and_segment_ids(name):
+    rng = np.random.default_rng(0)
+    documents = [[rng.integers(10, 50, size=rng.integers(3, 9)).tolist() for _ in range(6)] for _ in range(20)]
+    sequences = FORMATS[name](corpus_of(documents), SPECIALS, 24, 0, 0.1)
+    assert len(sequences) > 0
+    for i in range(len(sequences)):
+        tokens, types, nsp = sequences[i]
+        assert len(tokens) <= 24 and tokens[0] == SPECIALS.cls and tokens[-1] == SPECIALS.sep
+        if name.endswith("pair"):
+            assert nsp in (0, 1) and types[0] == 0 and types[-1] == 1
+            assert list(np.flatnonzero(np.diff(types))) == [np.flatnonzero(types == 1)[0] - 1]
+        else:
+            assert nsp == NO_PAIR and not types.any()
+    if name.endswith("pair"):
+        assert 0.3 < (sequences.nsp_labels == NOT_NEXT).mean() < 0.75
+
+
+# ------------------------------------------------------------------------------------- batches
+
+
+def test_tokens_per_step_is_reached_and_accumulates_into_micro_batches():
+    documents = [[list(range(10, 10 + n)) for n in (5, 7, 9)] for _ in range(30)]
+    sequences = FORMATS["doc_sentences"](corpus_of(documents), SPECIALS, 32, 0, 0.0)
+    batches = PretrainingBatches(sequences, SPECIALS, 100, MaskingConfig(), 0, micro_batch_size=4, tokens_per_step=200)
+    step = batches.next_step()
+    tokens = sum(mb.real_tokens for mb in step)
+    assert 200 <= tokens < 200 + 32
+    assert all(mb.input_ids.shape[0] <= 4 for mb in step)
+    # padding only to each micro-batch's own longest sequence
+    assert all(mb.attention_mask[:, -1].any() for mb in step)
+
+
+def test_batches_resume_from_state_dict():
+    documents = [[list(range(10, 30))] for _ in range(10)]
+    sequences = FORMATS["doc_sentences"](corpus_of(documents), SPECIALS, 32, 0, 0.0)
+
+    def make():
+        return PretrainingBatches(sequences, SPECIALS, 100, MaskingConfig(), 5, micro_batch_size=3, batch_size=3)
+
+    straight = make()
+    expected = [straight.next_step() for _ in range(7)][-1]
+    resumed = make()
+    for _ in range(4):
+        resumed.next_step()
+    state = resumed.state_dict()
+    again = make()
+    again.load_state_dict(state)
+    for _ in range(2):
+        again.next_step()
+    got = again.next_step()
+    assert all(np.array_equal(a.input_ids, b.input_ids) for a, b in zip(expected, got))
+
+
+# ------------------------------------------------------------------------------ synthetic corpus
+
+
+def test_synthetic_corpus_is_deterministic_and_entities_recur():
+    first, second = generate_corpus(20, seed=3), generate_corpus(20, seed=3)
+    assert [d.text for d in first] == [d.text for d in second]
+    assert [d.text for d in generate_corpus(20, seed=4)] != [d.text for d in first]
+    world_names = set(make_world(3).names)
+    for doc in first:
+        mentions = [w.strip(".") for w in doc.text.split() if w.strip(".") in world_names]
+        assert len(set(mentions)) <= 4, "a small cast per document"
+        assert len(mentions) >= len(doc.sentences), "the cast recurs in every sentence"
+    train, dev = generate_topic_task(seed=3, train_examples=300, dev_examples=100)
+    assert len({e.label for e in train}) == 6 and len(dev) == 100
+    assert not {e.text for e in train} & {e.text for e in dev}
+
+
+def test_sentence_splitter_keeps_synthetic_sentences():
+    doc = generate_corpus(1, seed=0)[0]
+    assert split_sentences([doc.text]) == [list(doc.sentences)]
+
+
+# -------------------------------------------------------------------------------------- sources
+
+
+def test_local_text_jsonl_and_parquet_sources(tmp_path):
+    text = tmp_path / "c.txt"
+    text.write_text("First doc. Still first.\nSecond line of first.\n\nSecond doc here.\n")
+    assert load_documents(FilesCorpus(source="files", paths=[str(text)])) == [
+        "First doc. Still first.\nSecond line of first.",
+        "Second doc here.",
+    ]
+    per_line = FilesCorpus(source="files", paths=[str(text)], text_layout="document_per_line")
+    assert len(load_documents(per_line)) == 3
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"body": t}) for t in ["Alpha doc.", "Beta doc."]) + "\n")
+    assert load_documents(FilesCorpus(source="files", paths=[str(jsonl)], text_field="body")) == [
+        "Alpha doc.",
+        "Beta doc.",
+    ]
+    with pytest.raises(DataSourceError, match="no field 'text'"):
+        load_documents(FilesCorpus(source="files", paths=[str(jsonl)]))
+    import pandas as pd
+
+    parquet = tmp_path / "c.parquet"
+    pd.DataFrame({"text": ["Gamma doc.", "Delta doc."]}).to_parquet(parquet)
+    assert load_documents(FilesCorpus(source="files", paths=[str(parquet)])) == ["Gamma doc.", "Delta doc."]
+
+
+def test_hub_source_offline_fails_with_a_clear_message(tmp_path):
+    code = (
+        "from harness.config import HubCorpus\n"
+        "from harness.data.sources import load_documents, DataSourceError\n"
+        "try:\n"
+        "    load_documents(HubCorpus(source='hub', name='Salesforce/wikitext', config='wikitext-103-raw-v1'))\n"
+        "except DataSourceError as e:\n"
+        "    print('ERR', e)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "ERR could not load hub dataset 'Salesforce/wikitext'" in out.stdout, out.stdout + out.stderr
+    assert "offline mode is set" in out.stdout and "source=files" in out.stdout
+
+
+def test_empty_corpus_is_an_error(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(DataSourceError, match="no non-empty document"):
+        load_documents(FilesCorpus(source="files", paths=[str(empty)]))
+    assert HubCorpus(source="hub", name="x").split == "train"
+
+
+# ------------------------------------------------------------------------------------- pipeline
+
+
+def test_arms_sharing_corpus_and_tokenizer_share_cached_stages(tmp_path):
+    base = DataConfig(
+        corpus=SyntheticCorpus(source="synthetic", documents=60),
+        tokenizer=TokenizerConfig(vocab_size=512),
+        max_seq_len=64,
+    )
+    first = StageCache(tmp_path)
+    a = prepare_data(base, first, heldout_sequences=8)
+    assert first.hits == [] and "tokenizer" in first.misses
+
+    # another arm with the same corpus and tokenizer but another format: only the format is new
+    second = StageCache(tmp_path)
+    b = prepare_data(base.model_copy(update={"format": "segment_pair"}), second, heldout_sequences=8)
+    assert second.hits == ["documents", "sentences", "tokenizer", "token_ids", "format"]  # held-out format reused
+    assert second.misses == ["format"]
+    assert a.stage_keys["tokenizer"] == b.stage_keys["tokenizer"]
+    assert a.stage_keys["format"] != b.stage_keys["format"]
+    assert len(list((tmp_path / "tokenizer").iterdir())) == 1
+
+    # a different vocabulary invalidates the tokenizer and everything after it, not the sentences
+    third = StageCache(tmp_path)
+    prepare_data(base.model_copy(update={"tokenizer": TokenizerConfig(vocab_size=600)}), third, heldout_sequences=8)
+    assert third.hits == ["documents", "sentences"]
+
+
+@pytest.mark.parametrize("kind", ["byte_bpe", "wordpiece", "char_bpe"])
+def test_every_tokenizer_kind_trains_with_its_special_tokens(kind, tmp_path):
+    config = DataConfig(
+        corpus=SyntheticCorpus(source="synthetic", documents=40),
+        tokenizer=TokenizerConfig(kind=kind, vocab_size=400),
+        max_seq_len=64,
+    )
+    data = prepare_data(config, StageCache(tmp_path), heldout_sequences=4)
+    assert data.vocab_size <= 400
+    tokens, _, _ = data.train[0]
+    assert tokens[0] == data.specials.cls and tokens[-1] == data.specials.sep
+    expected_cls = "[CLS]" if kind == "wordpiece" else "<s>"
+    assert data.tokenizer.id_to_token(data.specials.cls) == expected_cls
