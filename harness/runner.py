@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import platform
 import subprocess
 import sys
@@ -42,7 +43,7 @@ def describe_plan(data: PreparedData, batches: PretrainingBatches, steps: int, r
     lengths = data.train.lengths
     per_step = batches.mean_tokens_per_step
     sequences_per_step = per_step / lengths.mean()
-    micro = max(1, round(sequences_per_step / run.config.train.micro_batch_size))
+    micro = max(1, math.ceil(sequences_per_step / run.config.train.micro_batch_size))
     passes = steps * per_step / lengths.sum()
     return (
         f"  {len(data.train):,} sequences, {int(lengths.sum()):,} tokens (mean {lengths.mean():.1f}/seq), "

@@ -19,6 +19,8 @@ from tqdm import tqdm
 from harness.config import TrainConfig
 from harness.data.batches import MicroBatch
 
+PLAIN_PROGRESS_S = 15.0
+
 
 class StepSource(Protocol):
     def next_step(self) -> list[MicroBatch]: ...
@@ -95,14 +97,10 @@ def train(
     recent_losses: list[float] = []
     window_tokens, window_start = 0, time.perf_counter()
     start = time.perf_counter()
-    bar = tqdm(
-        total=total_steps,
-        disable=not progress,
-        file=sys.stderr,
-        leave=False,
-        dynamic_ncols=True,
-        mininterval=0.5 if sys.stderr.isatty() else 10.0,
-    )
+    # a live bar on a terminal; in a log file, a plain line every PLAIN_PROGRESS_S seconds instead
+    live = progress and sys.stderr.isatty()
+    bar = tqdm(total=total_steps, disable=not live, file=sys.stderr, leave=False, dynamic_ncols=True)
+    last_plain = start
 
     for step in range(total_steps):
         lr = lr_at(step, total_steps, warmup_steps, config.lr, config.schedule)
@@ -150,7 +148,14 @@ def train(
             if step_pairs:
                 record["nsp_loss"] = round(nsp_total / step_pairs, 5)
             log(record)
-            bar.set_postfix(loss=f"{mlm_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
+            bar.set_postfix(
+                loss=f"{mlm_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False
+            )
+            if progress and not live and now - last_plain >= PLAIN_PROGRESS_S:
+                speed = record["tokens_per_s"]
+                line = f"  step {step + 1}/{total_steps} loss {mlm_loss:.3f} lr {lr:.2e} {speed:.0f} tok/s"
+                print(line, file=sys.stderr, flush=True)
+                last_plain = now
             window_tokens, window_start = 0, now
         if (
             evaluate is not None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -152,19 +154,16 @@ def test_ls_lists_runs_with_status_and_headline(finished_suite, capsys):
     assert printed.count(" done ") == 2 and "heldout_ppl=" in printed
 
 
-def test_a_failing_run_is_recorded_and_the_suite_goes_on(tmp_path, capsys):
+def test_a_failing_run_is_recorded_and_the_suite_goes_on(tmp_path):
     suite = tiny_suite()
     suite["arms"]["offline"] = {"data": {"corpus": {"source": "hub", "name": "no/such-dataset"}}}
     path = tmp_path / "s.yaml"
     path.write_text(json.dumps(suite))
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-    try:
-        code = main(["run", str(path), "--out", str(tmp_path / "r"), "--no-progress"])
-    finally:
-        os.environ.pop("HF_HUB_OFFLINE")
-        os.environ.pop("HF_DATASETS_OFFLINE")
-    assert code == 1
+    # a subprocess: `datasets` reads the offline switch when first imported
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    command = [sys.executable, "-m", "harness", "run", str(path), "--out", str(tmp_path / "r"), "--no-progress"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
     states = {}
     for directory in (tmp_path / "r" / "t").iterdir():
         record = RunRecord(directory)
@@ -172,7 +171,7 @@ def test_a_failing_run_is_recorded_and_the_suite_goes_on(tmp_path, capsys):
     assert states["dynamic"]["state"] == states["static"]["state"] == "done"
     assert states["offline"]["state"] == "failed"
     assert "could not load hub dataset 'no/such-dataset'" in states["offline"]["error"]
-    assert "1 run(s) failed" in capsys.readouterr().err
+    assert "1 run(s) failed" in done.stderr
 
 
 def test_dry_run_trains_nothing(write_suite, tmp_path, capsys):
