@@ -71,6 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--device", "device", "cuda requested but no CUDA device is available")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cache = StageCache(out_root / "_cache")
+    for run in suite.runs:  # the whole suite is visible (`harness ls`) before the first run starts
+        RunRecord(out_root / suite.name / run.run_id).register(run.header, run.config.model_dump(mode="json"))
     skipped = trained = 0
     failed: list[str] = []
     for number, run in enumerate(suite.runs, 1):

@@ -59,10 +59,19 @@ class RunRecord:
         status = self.status
         return bool(status and status.get("state") == "done" and (self.dir / "summary.json").is_file())
 
-    def start(self, header: dict[str, Any], config: dict[str, Any]) -> None:
-        """A fresh attempt: config written, old metrics cleared, status running."""
+    def register(self, header: dict[str, Any], config: dict[str, Any]) -> None:
+        """Mark a run of a suite as pending, unless it already has a status (failed runs keep their error)."""
+        if self.status is None:
+            self._write_config(header, config)
+            self.set_status("pending")
+
+    def _write_config(self, header: dict[str, Any], config: dict[str, Any]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.dir / "config.json", {"schema_version": SCHEMA_VERSION, **header, "config": config})
+
+    def start(self, header: dict[str, Any], config: dict[str, Any]) -> None:
+        """A fresh attempt: config written, old metrics cleared, status running."""
+        self._write_config(header, config)
         (self.dir / "metrics.jsonl").write_text("")
         (self.dir / "summary.json").unlink(missing_ok=True)
         self.set_status("running", pid=os.getpid())

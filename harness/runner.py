@@ -61,7 +61,7 @@ def execute_run(
     recording the run as failed with its error."""
     record = RunRecord(run_dir)
     config = run.config
-    header = {"suite": run.suite, "arm": run.arm, "seed": run.seed, "run_id": run.run_id}
+    header = run.header
     record.start(header, config.model_dump(mode="json"))
     started = time.perf_counter()
     try:

@@ -51,6 +51,11 @@ class Run:
     def run_id(self) -> str:
         return self.config.run_id()
 
+    @property
+    def header(self) -> dict[str, Any]:
+        """What a run record says about where the run comes from."""
+        return {"suite": self.suite, "arm": self.arm, "seed": self.seed, "run_id": self.run_id}
+
 
 @dataclass(frozen=True)
 class Suite:

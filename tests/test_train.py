@@ -174,6 +174,22 @@ def test_a_failing_run_is_recorded_and_the_suite_goes_on(tmp_path):
     assert "1 run(s) failed" in done.stderr
 
 
+def test_every_run_is_pending_before_the_first_one_trains(write_suite, tmp_path, monkeypatch, capsys):
+    path = write_suite(tiny_suite(seeds=[0, 1]))
+    out = tmp_path / "r"
+    states_seen = []
+
+    def stop_at_once(run, run_dir, *args, **kwargs):
+        states_seen.append(sorted(RunRecord(p).status["state"] for p in (out / "t").iterdir()))
+        raise RuntimeError("stopped by the test")
+
+    monkeypatch.setattr("harness.runner.execute_run", stop_at_once)
+    assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 1
+    assert states_seen[0] == ["pending"] * 4
+    assert main(["ls", str(out)]) == 0
+    assert capsys.readouterr().out.count(" pending ") == 4
+
+
 def test_dry_run_trains_nothing(write_suite, tmp_path, capsys):
     path = write_suite(tiny_suite())
     assert main(["run", str(path), "--out", str(tmp_path / "r"), "--dry-run"]) == 0
