@@ -1,4 +1,4 @@
-"""`harness run | ls`: the command line. Exit status 2 for bad input, 1 when any run failed."""
+"""`harness run | data | ls`: the command line. Exit status 2 for bad input, 1 when any run failed."""
 
 from __future__ import annotations
 
@@ -106,6 +106,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    suite = load_suite(args.suite, overrides=args.set or [], arms=args.arm)
+    from harness.data.cache import StageCache
+    from harness.data.inspect import data_statistics, format_statistics
+    from harness.data.pipeline import prepare_data
+
+    cache = StageCache(Path(args.out) / "_cache")
+    report = {}
+    for arm in dict.fromkeys(r.arm for r in suite.runs):
+        config = next(r.config for r in suite.runs if r.arm == arm)
+        data = prepare_data(config.data, cache, config.eval.heldout_sequences)
+        report[arm] = data_statistics(data, config, epochs=args.epochs)
+        if not args.json:
+            print(format_statistics(arm, report[arm]), flush=True)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
 def _headline(summary: dict[str, Any] | None) -> str:
     if not summary:
         return "-"
@@ -156,6 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the resolved runs and configs; train nothing")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
+
+    data = sub.add_parser("data", help="build (or load) each arm's data and print what to check about it")
+    data.add_argument("suite", help="suite YAML file")
+    data.add_argument("--arm", action="append", help="only this arm (repeatable)")
+    data.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config field")
+    data.add_argument("--out", default=DEFAULT_OUT, help="results root whose _cache holds the data stages")
+    data.add_argument("--epochs", type=int, help="epochs over which to count distinct masks per sequence")
+    data.add_argument("--json", action="store_true", help="machine-readable output")
+    data.set_defaults(func=cmd_data)
 
     ls = sub.add_parser("ls", help="list runs with their status and headline metric")
     ls.add_argument("dir", nargs="?", default=DEFAULT_OUT, help="results root or one suite's directory")

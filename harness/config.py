@@ -84,8 +84,10 @@ class FilesCorpus(Schema):
         None, description="File format; inferred from the suffix when omitted."
     )
     text_field: str = Field("text", description="Field holding a document's text in JSONL / Parquet rows.")
-    text_layout: Literal["document_per_line", "blank_line_separated"] = Field(
-        "blank_line_separated", description="How documents are delimited in plain text files."
+    text_layout: Literal["document_per_line", "blank_line_separated", "wikitext", "doc_tags"] = Field(
+        "blank_line_separated",
+        description="How documents are delimited in plain text files: wikitext = WikiText raw (' = Title = ' "
+        "headings start a document); doc_tags = WikiExtractor output (<doc ...> ... </doc>).",
     )
     max_documents: int | None = Field(None, ge=1, description="Read at most this many documents.")
 
@@ -117,6 +119,13 @@ class TokenizerConfig(Schema):
     vocab_size: int = Field(4096, ge=64, description="Target vocabulary size, special tokens included.")
     min_frequency: int = Field(2, ge=1, description="Minimum pair frequency for a merge / piece.")
     lowercase: bool = Field(False, description="Lowercase text before tokenizing (BERT uncased).")
+
+    @model_validator(mode="after")
+    def _room_for_the_alphabet(self) -> TokenizerConfig:
+        needed = 256 + 5  # every byte plus the five special tokens
+        if self.kind == "byte_bpe" and self.vocab_size < needed:
+            raise ValueError(f"byte_bpe needs vocab_size >= {needed} (256 bytes + 5 special tokens)")
+        return self
 
 
 PAIR_FORMATS = ("segment_pair", "sentence_pair")
@@ -161,6 +170,12 @@ class MaskingConfig(Schema):
     replace_mask: float = Field(0.8, ge=0.0, le=1.0, description="Share of selected positions set to the mask token.")
     replace_random: float = Field(0.1, ge=0.0, le=1.0, description="Share set to a random non-special token.")
     keep: float = Field(0.1, ge=0.0, le=1.0, description="Share left unchanged (still predicted).")
+    whole_word: bool = Field(
+        False, description="Mask whole words (all pieces of a word, words from the tokenizer's pre-tokenizer)."
+    )
+    max_predictions: int | None = Field(
+        None, ge=1, description="Cap on masked positions per sequence (BERT's max_predictions_per_seq)."
+    )
 
     @model_validator(mode="after")
     def _shares_sum_to_one(self) -> MaskingConfig:

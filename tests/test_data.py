@@ -27,8 +27,10 @@ SPECIALS = SpecialTokens(cls=0, sep=2, pad=1, mask=4, unk=3, pair_separator=(2, 
 def corpus_of(documents: list[list[list[int]]]) -> TokenizedCorpus:
     sentences = [np.asarray(s, dtype=np.int32) for doc in documents for s in doc]
     lengths = [len(s) for s in sentences]
+    tokens = np.concatenate(sentences)
     return TokenizedCorpus(
-        np.concatenate(sentences),
+        tokens,
+        np.ones(len(tokens), dtype=np.uint8),
         np.concatenate([[0], np.cumsum(lengths)]),
         np.concatenate([[0], np.cumsum([len(d) for d in documents])]),
     )

@@ -123,7 +123,10 @@ class PretrainingBatches:
             epoch = self.epoch if self.cursor < len(self._order) else self.epoch + 1
             index = self._next_index()
             ids, types, nsp = self.sequences[index]
-            inputs, labels = mask_sequence(ids, self.specials, self.vocab_size, self.masking, self.seed, epoch, index)
+            word_starts = self.sequences.word_starts_of(index) if self.masking.whole_word else None
+            inputs, labels = mask_sequence(
+                ids, self.specials, self.vocab_size, self.masking, self.seed, epoch, index, word_starts
+            )
             rows.append((inputs, types, labels, nsp))
             tokens += len(ids)
         # micro-batches grouped by length so each pads little

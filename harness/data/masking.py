@@ -29,17 +29,28 @@ def mask_sequence(
     seed: int,
     epoch: int,
     index: int,
+    word_starts: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Returns (inputs, labels): labels hold the original id at predicted positions, IGNORE elsewhere.
 
     The number of masked positions is mask_prob × maskable rounded up or down at random, so the
-    rate is exact in expectation even for short sequences. Special tokens are never selected.
+    rate is exact in expectation even for short sequences, then capped by max_predictions.
+    Special tokens are never selected. With whole_word, words are drawn in random order and taken
+    whole while they fit in that number (BERT's rule), so every piece of a chosen word is predicted.
     """
     rng = np.random.default_rng([seed, mask_epoch(config, epoch), index])
     tokens = np.asarray(tokens)
-    maskable = np.flatnonzero(~np.isin(tokens, specials.ids))
+    is_maskable = ~np.isin(tokens, specials.ids)
+    maskable = np.flatnonzero(is_maskable)
     count = int(np.floor(config.mask_prob * len(maskable) + rng.random()))
-    chosen = rng.choice(maskable, size=min(count, len(maskable)), replace=False)
+    if config.max_predictions is not None:
+        count = min(count, config.max_predictions)
+    if config.whole_word:
+        if word_starts is None:
+            raise ValueError("whole-word masking needs the word starts of the sequence")
+        chosen = _whole_words(is_maskable, np.asarray(word_starts, dtype=bool), count, rng)
+    else:
+        chosen = rng.choice(maskable, size=min(count, len(maskable)), replace=False)
 
     inputs = tokens.astype(np.int64).copy()
     labels = np.full(len(tokens), IGNORE, dtype=np.int64)
@@ -50,6 +61,25 @@ def mask_sequence(
     inputs[to_mask] = specials.mask
     inputs[to_random] = random_ordinary_tokens(rng, len(to_random), specials, vocab_size)
     return inputs, labels
+
+
+def _whole_words(is_maskable: np.ndarray, word_starts: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Positions of whole words drawn in random order, each taken if it still fits in `count`."""
+    # a word starts at a marked start or right after a special token
+    after_special = np.concatenate([[True], ~is_maskable[:-1]])
+    word_of = np.cumsum(word_starts | after_special) - 1
+    words = np.unique(word_of[is_maskable])
+    chosen: list[np.ndarray] = []
+    taken = 0
+    for word in rng.permutation(words):
+        positions = np.flatnonzero((word_of == word) & is_maskable)
+        if taken + len(positions) > count:
+            continue
+        chosen.append(positions)
+        taken += len(positions)
+        if taken == count:
+            break
+    return np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
 
 
 def random_ordinary_tokens(

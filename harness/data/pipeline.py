@@ -2,25 +2,31 @@
 
 corpus -> documents (train / held-out split) -> sentences -> tokenizer -> token ids -> input format
 
-Masking and batching happen on the fly (see batches.py): they are cheap, seeded per (seed, epoch,
-index), and depend on the run seed, so caching them would only duplicate the sequences per seed.
+Every stage streams: documents and sentences pass through one at a time (JSON lines on disk),
+token ids are appended to memory-mapped files, so preparing a corpus needs memory for its token
+ids, not for its text. Masking and batching happen on the fly (batches.py): they are cheap, seeded
+per (seed, epoch, index), and depend on the run seed, so caching them would only copy the
+sequences once per seed.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 from tokenizers import Tokenizer
 
 from harness.config import DataConfig
 from harness.data.cache import StageCache
 from harness.data.formats import FORMATS, Sequences
 from harness.data.sentences import split_sentences
-from harness.data.sources import load_documents
+from harness.data.sources import DataSourceError, describe, iter_documents
 from harness.data.tokenizer import (
     SpecialTokens,
     TokenizedCorpus,
@@ -30,7 +36,10 @@ from harness.data.tokenizer import (
     train_tokenizer,
 )
 
-HELDOUT_SPLIT_SEED = 0  # fixed: every run, whatever its seed, holds out the same documents
+SPLITS = ("train", "heldout")
+# Part of every stage's cache key: bump a stage's number when its code changes what it writes, so
+# caches built by older code are not reused.
+STAGE_VERSIONS = {"documents": 3, "sentences": 2, "tokenizer": 1, "token_ids": 2, "format": 3}
 
 
 @dataclass
@@ -41,102 +50,137 @@ class PreparedData:
     train: Sequences
     heldout: Sequences
     stage_keys: dict[str, str] = field(default_factory=dict)
-    tokenizer_dir: Path | None = None
+    stage_dirs: dict[str, Path] = field(default_factory=dict)
+
+    def stats(self, stage: str) -> dict[str, Any]:
+        path = self.stage_dirs[stage] / "stats.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _write_jsonl(path: Path, rows: list) -> None:
-    with path.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+def heldout_period(fraction: float) -> int:
+    return max(2, round(1 / fraction))
 
 
-def _read_jsonl(path: Path) -> list:
+def is_heldout(index: int, fraction: float) -> bool:
+    """Every k-th document (k = 1/fraction), from the middle of the first k: a split decided per
+    document, so it streams, the same for every run, spread over the whole corpus."""
+    period = heldout_period(fraction)
+    return index % period == period // 2
+
+
+def _iter_jsonl(path: Path) -> Iterator[Any]:
     with path.open() as f:
-        return [json.loads(line) for line in f]
+        for line in f:
+            yield json.loads(line)
+
+
+def _note(message: str) -> None:
+    print(f"  data: {message}", file=sys.stderr, flush=True)
 
 
 def prepare_data(config: DataConfig, cache: StageCache, heldout_sequences: int) -> PreparedData:
     keys: dict[str, str] = {}
+    dirs: dict[str, Path] = {}
 
     def build_documents(out: Path) -> None:
-        documents = load_documents(config.corpus)
-        heldout_count = max(1, round(len(documents) * config.heldout_fraction))
-        if heldout_count >= len(documents):
-            raise ValueError(f"corpus has {len(documents)} documents: too few to hold any out for evaluation")
-        order = np.random.default_rng(HELDOUT_SPLIT_SEED).permutation(len(documents))
-        heldout = set(order[:heldout_count].tolist())
-        _write_jsonl(out / "train.jsonl", [d for i, d in enumerate(documents) if i not in heldout])
-        _write_jsonl(out / "heldout.jsonl", [d for i, d in enumerate(documents) if i in heldout])
+        counts = dict.fromkeys(SPLITS, 0)
+        with (out / "train.jsonl").open("w") as train, (out / "heldout.jsonl").open("w") as heldout:
+            for index, document in enumerate(iter_documents(config.corpus)):
+                split = "heldout" if is_heldout(index, config.heldout_fraction) else "train"
+                (heldout if split == "heldout" else train).write(json.dumps(document) + "\n")
+                counts[split] += 1
+        total = sum(counts.values())
+        if total == 0:
+            raise DataSourceError(f"corpus {describe(config.corpus)} has no non-empty document")
+        if counts["heldout"] == 0 or counts["train"] == 0:
+            raise DataSourceError(
+                f"corpus {describe(config.corpus)} has {total} document(s): too few to hold out every "
+                f"{heldout_period(config.heldout_fraction)}th for evaluation and train on the rest"
+            )
+        (out / "stats.json").write_text(json.dumps({"documents": counts}))
 
-    corpus_inputs = {"corpus": config.corpus.model_dump(mode="json"), "heldout_fraction": config.heldout_fraction}
-    keys["documents"], documents_dir = cache.get_or_build("documents", corpus_inputs, build_documents)
+    corpus_inputs = {
+        "corpus": config.corpus.model_dump(mode="json"),
+        "heldout_fraction": config.heldout_fraction,
+        "version": STAGE_VERSIONS["documents"],
+    }
+    keys["documents"], dirs["documents"] = cache.get_or_build("documents", corpus_inputs, build_documents)
 
     def build_sentences(out: Path) -> None:
-        for split in ("train", "heldout"):
-            sentences = split_sentences(_read_jsonl(documents_dir / f"{split}.jsonl"))
-            if not any(sentences):
-                raise ValueError(f"no sentence found in the {split} documents")
-            _write_jsonl(out / f"{split}.jsonl", [s for s in sentences if s])
+        stats: dict[str, Any] = {}
+        for split in SPLITS:
+            kept = dropped = sentences = 0
+            with (out / f"{split}.jsonl").open("w") as f:
+                for document in _iter_jsonl(dirs["documents"] / f"{split}.jsonl"):
+                    split_doc = split_sentences([document])[0]
+                    if not split_doc:
+                        dropped += 1  # e.g. only markup or whitespace: nothing to train on
+                        continue
+                    f.write(json.dumps(split_doc) + "\n")
+                    kept += 1
+                    sentences += len(split_doc)
+            if kept == 0:
+                raise DataSourceError(f"no sentence found in any {split} document of {describe(config.corpus)}")
+            stats[split] = {"documents": kept, "documents_without_sentences": dropped, "sentences": sentences}
+        (out / "stats.json").write_text(json.dumps(stats))
 
-    splitter = {"documents": keys["documents"], "splitter": f"blingfire-{version('blingfire')}"}
-    keys["sentences"], sentences_dir = cache.get_or_build("sentences", splitter, build_sentences)
+    splitter = {
+        "documents": keys["documents"],
+        "splitter": f"blingfire-{version('blingfire')}",
+        "version": STAGE_VERSIONS["sentences"],
+    }
+    keys["sentences"], dirs["sentences"] = cache.get_or_build("sentences", splitter, build_sentences)
 
     def build_tokenizer(out: Path) -> None:
-        def stream():
-            with (sentences_dir / "train.jsonl").open() as f:
-                for line in f:
-                    yield from json.loads(line)
+        started = time.perf_counter()
+        sentences = (s for doc in _iter_jsonl(dirs["sentences"] / "train.jsonl") for s in doc)
+        train_tokenizer(sentences, config.tokenizer, out)
+        _note(f"trained {config.tokenizer.kind} tokenizer in {time.perf_counter() - started:.1f}s")
 
-        train_tokenizer(stream(), config.tokenizer, out)
-
-    tok_inputs = {"sentences": keys["sentences"], "tokenizer": config.tokenizer.model_dump(mode="json")}
-    keys["tokenizer"], tokenizer_dir = cache.get_or_build("tokenizer", tok_inputs, build_tokenizer)
-    tokenizer = load_tokenizer(tokenizer_dir)
+    tok_inputs = {
+        "sentences": keys["sentences"],
+        "tokenizer": config.tokenizer.model_dump(mode="json"),
+        "library": f"tokenizers-{version('tokenizers')}",
+        "version": STAGE_VERSIONS["tokenizer"],
+    }
+    keys["tokenizer"], dirs["tokenizer"] = cache.get_or_build("tokenizer", tok_inputs, build_tokenizer)
+    tokenizer = load_tokenizer(dirs["tokenizer"])
     specials = special_tokens(tokenizer, config.tokenizer.kind)
 
     def build_token_ids(out: Path) -> None:
-        for split in ("train", "heldout"):
+        for split in SPLITS:
             (out / split).mkdir()
-            encode_documents(tokenizer, _read_jsonl(sentences_dir / f"{split}.jsonl")).save(out / split)
+            encode_documents(tokenizer, _iter_jsonl(dirs["sentences"] / f"{split}.jsonl"), out / split)
 
-    ids_inputs = {"sentences": keys["sentences"], "tokenizer": keys["tokenizer"]}
-    keys["token_ids"], ids_dir = cache.get_or_build("token_ids", ids_inputs, build_token_ids)
+    ids_inputs = {
+        "sentences": keys["sentences"],
+        "tokenizer": keys["tokenizer"],
+        "version": STAGE_VERSIONS["token_ids"],
+    }
+    keys["token_ids"], dirs["token_ids"] = cache.get_or_build("token_ids", ids_inputs, build_token_ids)
 
-    def formatted(split: str, format_name: str, limit: int | None) -> tuple[str, Sequences]:
+    def formatted(split: str, format_name: str, limit: int | None) -> tuple[str, Path]:
         def build(out: Path) -> None:
-            corpus = TokenizedCorpus.load(ids_dir / split)
+            corpus = TokenizedCorpus.load(dirs["token_ids"] / split)
             sequences = FORMATS[format_name](corpus, specials, config.max_seq_len, config.seed, config.short_seq_prob)
-            if limit is not None and len(sequences) > limit:
-                end = sequences.offsets[limit]
-                sequences = Sequences(
-                    sequences.tokens[:end],
-                    sequences.token_types[:end],
-                    sequences.offsets[: limit + 1],
-                    sequences.nsp_labels[:limit],
-                )
-            sequences.save(out)
+            (sequences.head(limit) if limit is not None else sequences).save(out)
 
         inputs = {
-            "token_ids": keys["token_ids"],
-            "split": split,
-            "format": format_name,
-            "limit": limit,
-            "max_seq_len": config.max_seq_len,
-            "seed": config.seed,
-            "short_seq_prob": config.short_seq_prob,
-        }
-        key, directory = cache.get_or_build("format", inputs, build)
-        return key, Sequences.load(directory)
+            "token_ids": keys["token_ids"], "split": split, "format": format_name, "limit": limit,
+            "max_seq_len": config.max_seq_len, "seed": config.seed, "short_seq_prob": config.short_seq_prob,
+            "version": STAGE_VERSIONS["format"],
+        }  # fmt: skip
+        return cache.get_or_build("format", inputs, build)
 
-    keys["format"], train = formatted("train", config.format, None)
+    keys["format"], dirs["format"] = formatted("train", config.format, None)
     # held-out text is always packed FULL-SENTENCES: one yardstick for every arm's perplexity
-    keys["heldout"], heldout = formatted("heldout", "full_sentences", heldout_sequences)
+    keys["heldout"], dirs["heldout"] = formatted("heldout", "full_sentences", heldout_sequences)
     return PreparedData(
         tokenizer=tokenizer,
         specials=specials,
         vocab_size=tokenizer.get_vocab_size(),
-        train=train,
-        heldout=heldout,
+        train=Sequences.load(dirs["format"]),
+        heldout=Sequences.load(dirs["heldout"]),
         stage_keys=keys,
-        tokenizer_dir=tokenizer_dir,
+        stage_dirs=dirs,
     )

@@ -1,8 +1,13 @@
-"""Corpus sources -> documents (one string per document, paragraphs separated by newlines)."""
+"""Corpus sources -> a stream of documents (one string each, paragraphs separated by newlines).
+
+Every reader yields documents one at a time, so a corpus far larger than memory passes through.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from harness.config import FilesCorpus, HubCorpus, SyntheticCorpus
@@ -13,25 +18,32 @@ class DataSourceError(Exception):
     """A corpus that cannot be read: names the source and the cause."""
 
 
-def load_documents(corpus: SyntheticCorpus | FilesCorpus | HubCorpus) -> list[str]:
+def iter_documents(corpus: SyntheticCorpus | FilesCorpus | HubCorpus) -> Iterator[str]:
+    """Non-empty documents of the corpus, in order, at most `max_documents` of them."""
     if isinstance(corpus, SyntheticCorpus):
-        documents = [doc.text for doc in generate_corpus(corpus.documents, corpus.seed)]
+        stream: Iterator[str] = (doc.text for doc in generate_corpus(corpus.documents, corpus.seed))
     elif isinstance(corpus, FilesCorpus):
-        documents = []
-        for path in corpus.paths:
-            documents.extend(_read_file(Path(path), corpus))
-            if corpus.max_documents and len(documents) >= corpus.max_documents:
-                break
-        documents = documents[: corpus.max_documents]
+        stream = (doc for path in corpus.paths for doc in _read_file(Path(path), corpus))
     else:
-        documents = _read_hub(corpus)
-    documents = [d for d in documents if d.strip()]
+        stream = _read_hub(corpus)
+    limit = getattr(corpus, "max_documents", None)
+    count = 0
+    for document in stream:
+        if document.strip():
+            yield document
+            count += 1
+            if limit is not None and count >= limit:
+                return
+
+
+def load_documents(corpus: SyntheticCorpus | FilesCorpus | HubCorpus) -> list[str]:
+    documents = list(iter_documents(corpus))
     if not documents:
-        raise DataSourceError(f"corpus {_describe(corpus)} has no non-empty document")
+        raise DataSourceError(f"corpus {describe(corpus)} has no non-empty document")
     return documents
 
 
-def _describe(corpus: SyntheticCorpus | FilesCorpus | HubCorpus) -> str:
+def describe(corpus: SyntheticCorpus | FilesCorpus | HubCorpus) -> str:
     if isinstance(corpus, FilesCorpus):
         return ", ".join(corpus.paths)
     if isinstance(corpus, HubCorpus):
@@ -48,22 +60,79 @@ def _suffix_format(path: Path) -> str:
     return "text"
 
 
-def _read_file(path: Path, corpus: FilesCorpus) -> list[str]:
+WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
+WIKITEXT_HEADING = re.compile(r"^ (= ){2,}.*( =){2,} $")  # ' = = Section = = ', ' = = = Sub = = = '
+
+
+
+def _wikitext_documents(lines: Iterator[str]) -> Iterator[str]:
+    """WikiText raw: a line ' = Title = ' between two ' ' lines starts an article; section headings
+    (' = = Section = = ') and blank lines are dropped; every other line is a paragraph. The
+    neighbour check matters: two equation lines in WikiText-2 test match the pattern alone."""
+    previous, current = None, None
+    paragraphs: list[str] = []
+    for following in _with_sentinel(lines):
+        if current is not None:
+            is_title = bool(WIKITEXT_TITLE.match(current)) and previous == " " and following in (" ", None)
+            if is_title:
+                if paragraphs:
+                    yield "\n".join(paragraphs)
+                paragraphs = []
+            elif current.strip() and not WIKITEXT_HEADING.match(current):
+                paragraphs.append(current.strip())
+        previous, current = current, following
+    if paragraphs:
+        yield "\n".join(paragraphs)
+
+
+def _with_sentinel(lines: Iterator[str]) -> Iterator[str | None]:
+    yield from lines
+    yield None
+
+
+def _doc_tag_documents(lines: Iterator[str]) -> Iterator[str]:
+    """WikiExtractor output: <doc ...>, a title line, then paragraphs, then </doc>; the title is dropped."""
+    paragraphs: list[str] | None = None
+    seen_title = False
+    for line in lines:
+        if line.startswith("<doc "):
+            paragraphs, seen_title = [], False
+        elif line.startswith("</doc>"):
+            if paragraphs:
+                yield "\n".join(paragraphs)
+            paragraphs = None
+        elif paragraphs is not None and line.strip():
+            if seen_title:
+                paragraphs.append(line.strip())
+            seen_title = True
+
+
+def _blank_line_documents(lines: Iterator[str]) -> Iterator[str]:
+    current: list[str] = []
+    for line in lines:
+        if line.strip():
+            current.append(line.strip())
+        elif current:
+            yield "\n".join(current)
+            current = []
+    if current:
+        yield "\n".join(current)
+
+
+TEXT_LAYOUTS = {
+    "document_per_line": lambda lines: (line for line in lines if line.strip()),
+    "blank_line_separated": _blank_line_documents,
+    "wikitext": _wikitext_documents,
+    "doc_tags": _doc_tag_documents,
+}
+
+
+def _read_file(path: Path, corpus: FilesCorpus) -> Iterator[str]:
     file_format = corpus.format or _suffix_format(path)
     if file_format == "text":
-        text = path.read_text(encoding="utf-8")
-        if corpus.text_layout == "document_per_line":
-            return [line for line in text.splitlines() if line.strip()]
-        blocks, current = [], []
-        for line in text.splitlines():
-            if line.strip():
-                current.append(line.strip())
-            elif current:
-                blocks.append("\n".join(current))
-                current = []
-        if current:
-            blocks.append("\n".join(current))
-        return blocks
+        with path.open(encoding="utf-8") as f:
+            yield from TEXT_LAYOUTS[corpus.text_layout](line.rstrip("\n") for line in f)
+        return
     import datasets  # imported here: slow to import, and only file/hub corpora need it
 
     builder = "json" if file_format == "jsonl" else "parquet"
@@ -73,10 +142,11 @@ def _read_file(path: Path, corpus: FilesCorpus) -> list[str]:
             f"{path}: no field {corpus.text_field!r} (have: {', '.join(table.column_names)}); "
             "set data.corpus.text_field"
         )
-    return [str(t) for t in table[corpus.text_field]]
+    for row in table.select_columns([corpus.text_field]):  # Arrow-backed: rows stream from disk
+        yield str(row[corpus.text_field] or "")
 
 
-def _read_hub(corpus: HubCorpus) -> list[str]:
+def _read_hub(corpus: HubCorpus) -> Iterator[str]:
     import datasets
 
     try:
@@ -92,5 +162,5 @@ def _read_hub(corpus: HubCorpus) -> list[str]:
         ) from None
     if corpus.text_field not in table.column_names:
         raise DataSourceError(f"hub:{corpus.name}: no column {corpus.text_field!r} (have: {table.column_names})")
-    texts = table[corpus.text_field]
-    return [str(t) for t in texts[: corpus.max_documents] if t]
+    for row in table.select_columns([corpus.text_field]):
+        yield str(row[corpus.text_field] or "")

@@ -8,7 +8,7 @@ Three kinds, each with its model family's special tokens:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +99,10 @@ def train_tokenizer(sentences: Iterator[str], config: TokenizerConfig, out_dir: 
     tokenizer, trainer = build_tokenizer(config)
     tokenizer.train_from_iterator(sentences, trainer)
     if tokenizer.get_vocab_size() > config.vocab_size:
-        raise ValueError(f"trained vocabulary {tokenizer.get_vocab_size()} exceeds {config.vocab_size}")
+        raise ValueError(
+            f"vocab_size {config.vocab_size} is smaller than the special tokens plus the corpus's alphabet "
+            f"({tokenizer.get_vocab_size()} entries): raise data.tokenizer.vocab_size"
+        )
     tokenizer.save(str(out_dir / "tokenizer.json"))
     return tokenizer
 
@@ -111,9 +114,11 @@ def load_tokenizer(directory: Path) -> Tokenizer:
 @dataclass(frozen=True)
 class TokenizedCorpus:
     """Token ids of every sentence, flat, with offsets: sentence s is tokens[sent_offsets[s]:sent_offsets[s+1]],
-    document d is sentences doc_offsets[d] .. doc_offsets[d+1]."""
+    document d is sentences doc_offsets[d] .. doc_offsets[d+1]. word_starts marks the first token of
+    each word as the tokenizer's pre-tokenizer split it (for whole-word masking)."""
 
     tokens: np.ndarray
+    word_starts: np.ndarray
     sent_offsets: np.ndarray
     doc_offsets: np.ndarray
 
@@ -121,30 +126,56 @@ class TokenizedCorpus:
     def num_documents(self) -> int:
         return len(self.doc_offsets) - 1
 
-    def document(self, d: int) -> list[np.ndarray]:
-        first, last = self.doc_offsets[d], self.doc_offsets[d + 1]
-        return [self.tokens[self.sent_offsets[s] : self.sent_offsets[s + 1]] for s in range(first, last)]
-
-    def save(self, directory: Path) -> None:
-        for name in ("tokens", "sent_offsets", "doc_offsets"):
-            np.save(directory / f"{name}.npy", getattr(self, name))
+    @property
+    def num_sentences(self) -> int:
+        return len(self.sent_offsets) - 1
 
     @classmethod
     def load(cls, directory: Path) -> TokenizedCorpus:
         # memory-mapped: the token ids of a large corpus are never all in RAM at once
-        return cls(*(np.load(directory / f"{n}.npy", mmap_mode="r") for n in ("tokens", "sent_offsets", "doc_offsets")))
+        tokens = (
+            np.memmap(directory / "tokens.bin", dtype=np.int32, mode="r")
+            if (directory / "tokens.bin").stat().st_size
+            else np.zeros(0, np.int32)
+        )
+        starts = (
+            np.memmap(directory / "word_starts.bin", dtype=np.uint8, mode="r") if len(tokens) else np.zeros(0, np.uint8)
+        )
+        return cls(tokens, starts, np.load(directory / "sent_offsets.npy"), np.load(directory / "doc_offsets.npy"))
 
 
-def encode_documents(tokenizer: Tokenizer, documents: list[list[str]], chunk: int = 10_000) -> TokenizedCorpus:
-    flat = [s for doc in documents for s in doc]
-    lengths = np.zeros(len(flat), dtype=np.int64)
-    pieces: list[np.ndarray] = []
-    for start in range(0, len(flat), chunk):
-        encoded = tokenizer.encode_batch(flat[start : start + chunk], add_special_tokens=False)
-        for i, enc in enumerate(encoded):
-            pieces.append(np.asarray(enc.ids, dtype=np.int32))
-            lengths[start + i] = len(enc.ids)
-    sent_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    doc_offsets = np.concatenate([[0], np.cumsum([len(d) for d in documents])]).astype(np.int64)
-    tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
-    return TokenizedCorpus(tokens, sent_offsets, doc_offsets)
+def word_starts_of(word_ids: list[int | None]) -> np.ndarray:
+    """1 where a token's pre-tokenized word differs from the previous token's."""
+    ids = np.asarray([-1 if w is None else w for w in word_ids], dtype=np.int64)
+    starts = np.ones(len(ids), dtype=np.uint8)
+    if len(ids) > 1:
+        starts[1:] = ids[1:] != ids[:-1]
+    return starts
+
+
+def encode_documents(
+    tokenizer: Tokenizer, documents: Iterable[list[str]], out_dir: Path, chunk_sentences: int = 20_000
+) -> TokenizedCorpus:
+    """Encode documents (lists of sentences) in chunks, appending ids to files as it goes, so memory
+    holds one chunk of text at a time plus the per-sentence offsets."""
+    sentence_lengths: list[int] = []
+    doc_sizes: list[int] = []
+    pending: list[str] = []
+    with (out_dir / "tokens.bin").open("wb") as tokens_file, (out_dir / "word_starts.bin").open("wb") as starts_file:
+
+        def flush() -> None:
+            for enc in tokenizer.encode_batch(pending, add_special_tokens=False):
+                tokens_file.write(np.asarray(enc.ids, dtype=np.int32).tobytes())
+                starts_file.write(word_starts_of(enc.word_ids).tobytes())
+                sentence_lengths.append(len(enc.ids))
+            pending.clear()
+
+        for sentences in documents:
+            pending.extend(sentences)
+            doc_sizes.append(len(sentences))
+            if len(pending) >= chunk_sentences:
+                flush()
+        flush()
+    np.save(out_dir / "sent_offsets.npy", np.concatenate([[0], np.cumsum(sentence_lengths, dtype=np.int64)]))
+    np.save(out_dir / "doc_offsets.npy", np.concatenate([[0], np.cumsum(doc_sizes, dtype=np.int64)]))
+    return TokenizedCorpus.load(out_dir)
