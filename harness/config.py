@@ -8,6 +8,7 @@ at load time (the run id) stays true for the whole run.
 from __future__ import annotations
 
 import copy
+import glob
 import hashlib
 import json
 from pathlib import Path
@@ -79,7 +80,10 @@ class SyntheticCorpus(Schema):
 
 class FilesCorpus(Schema):
     source: Literal["files"] = Field(description="Local text / JSONL / Parquet files.")
-    paths: list[str] = Field(min_length=1, description="Files to read, in order (relative to the working directory).")
+    paths: list[str] = Field(
+        min_length=1,
+        description="Files to read, in order (relative to the working directory); glob patterns expand sorted.",
+    )
     format: Literal["text", "jsonl", "parquet"] | None = Field(
         None, description="File format; inferred from the suffix when omitted."
     )
@@ -94,10 +98,14 @@ class FilesCorpus(Schema):
     @field_validator("paths")
     @classmethod
     def _files_exist(cls, paths: list[str]) -> list[str]:
-        missing = [p for p in paths if not Path(p).is_file()]
+        missing = [p for p in paths if not (Path(p).is_file() if not glob.has_magic(p) else glob.glob(p))]
         if missing:
             raise ValueError(f"corpus file not found: {', '.join(missing)}")
         return paths
+
+    def files(self) -> list[Path]:
+        """The paths with glob patterns expanded (sorted), in the order given."""
+        return [Path(m) for p in self.paths for m in (sorted(glob.glob(p)) if glob.has_magic(p) else [p])]
 
 
 class HubCorpus(Schema):

@@ -145,10 +145,19 @@ def test_seed_changes_the_run_id(write_suite):
     assert len({r.run_id for r in suite.runs}) == 2
 
 
-def test_shipped_suites_resolve():
-    for path in sorted(Path(__file__).resolve().parents[1].glob("ablations/*.yaml")):
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "ablations").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_suites_resolve(path, monkeypatch):
+    monkeypatch.chdir(path.parents[1])  # suites name data relative to the repository root
+    try:
         suite = load_suite(path)
-        assert suite.runs, path
+    except ConfigError as err:
+        if "corpus file not found" in err.message and "shared/data" in err.message:
+            pytest.skip(f"{path.name} reads ../shared/data, which is not present")
+        raise
+    assert suite.runs
 
 
 def test_config_error_carries_fields():

@@ -218,6 +218,11 @@ def test_bad_data_inputs_fail_clearly(tmp_path, write_suite):
         FORMATS["segment_pair"](corpus, SPECIALS, 4, 0, 0.1)
     with pytest.raises(ValueError, match="at least two documents"):
         FORMATS["sentence_pair"](corpus_of([[[10, 11], [12]]]), SPECIALS, 16, 0, 0.0)
+    sequences = FORMATS["doc_sentences"](corpus, SPECIALS, 64, 0, 0.0)
+    with pytest.raises(ValueError, match="exceeds the .* training sequences"):
+        PretrainingBatches(sequences, SPECIALS, 1000, MaskingConfig(), 0, 8, batch_size=len(sequences) + 1)
+    with pytest.raises(ValueError, match="exceeds the corpus's"):
+        PretrainingBatches(sequences, SPECIALS, 1000, MaskingConfig(), 0, 8, tokens_per_step=10**9)
     from conftest import tiny_suite
 
     suite = tiny_suite()

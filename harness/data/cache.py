@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,29 @@ from typing import Any
 def stage_key(stage: str, inputs: dict[str, Any]) -> str:
     canonical = json.dumps({"stage": stage, **inputs}, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def reset_peak_rss() -> None:
+    """Restart the kernel's peak-RSS count for this process (Linux), so each stage reports its own peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # elsewhere the peak is the process's peak so far
+
+
+def peak_rss_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    try:
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    except ImportError:
+        return None
 
 
 class StageCache:
@@ -39,7 +63,11 @@ class StageCache:
         # Build in a temp dir beside the target, then rename: a crash never leaves a half stage.
         work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
         try:
+            reset_peak_rss()
+            started = time.perf_counter()
             build(work)
+            cost = {"build_s": round(time.perf_counter() - started, 2), "peak_rss_mb": peak_rss_mb()}
+            (work / "build.json").write_text(json.dumps(cost))
             (work / "inputs.json").write_text(json.dumps({"stage": stage, **inputs}, indent=2, default=str))
             try:
                 os.rename(work, final)

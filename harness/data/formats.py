@@ -85,7 +85,7 @@ class _Growable:
         self.size = needed
 
     def array(self) -> np.ndarray:
-        return self.data[: self.size].copy()
+        return self.data[: self.size]  # a view: no second copy of the largest array
 
 
 # A piece of a sequence: (token ids, word starts, segment id)

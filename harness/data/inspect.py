@@ -3,6 +3,7 @@ NSP balance, the mask rate and split, masks per sequence over epochs, unknown to
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -87,7 +88,13 @@ def data_statistics(
     ids, types, nsp = sequences[example_index]
     inputs, _ = mask_sequence(ids, specials, data.vocab_size, masking, config.train.seed, 0, example_index,
                               sequences.word_starts_of(example_index))  # fmt: skip
+    stage_costs = {}
+    for stage, directory in data.stage_dirs.items():
+        cost = directory / "build.json"
+        if cost.is_file():
+            stage_costs[stage] = json.loads(cost.read_text())
     return {
+        "stages": stage_costs,
         "format": config.data.format,
         "nsp": config.data.nsp,
         "tokenizer": {"kind": config.data.tokenizer.kind, "vocab_size": data.vocab_size},
@@ -150,4 +157,11 @@ def format_statistics(arm: str, stats: dict[str, Any]) -> str:
         f"  example          segments {stats['example']['segment_ids']}",
         f"                   {stats['example']['text'][:600]}",
     ]
+    costs = ", ".join(
+        f"{stage} {c['build_s']:.1f}s/{c['peak_rss_mb']:.0f}MB"
+        for stage, c in stats["stages"].items()
+        if c.get("peak_rss_mb")
+    )
+    if costs:
+        lines.append(f"  stage builds     {costs} (time / peak RSS when built)")
     return "\n".join(lines)

@@ -23,7 +23,7 @@ def iter_documents(corpus: SyntheticCorpus | FilesCorpus | HubCorpus) -> Iterato
     if isinstance(corpus, SyntheticCorpus):
         stream: Iterator[str] = (doc.text for doc in generate_corpus(corpus.documents, corpus.seed))
     elif isinstance(corpus, FilesCorpus):
-        stream = (doc for path in corpus.paths for doc in _read_file(Path(path), corpus))
+        stream = (doc for path in corpus.files() for doc in _read_file(path, corpus))
     else:
         stream = _read_hub(corpus)
     limit = getattr(corpus, "max_documents", None)
@@ -62,7 +62,6 @@ def _suffix_format(path: Path) -> str:
 
 WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
 WIKITEXT_HEADING = re.compile(r"^ (= ){2,}.*( =){2,} $")  # ' = = Section = = ', ' = = = Sub = = = '
-
 
 
 def _wikitext_documents(lines: Iterator[str]) -> Iterator[str]:
