@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import ConfigError
+from harness.data.sources import DataSourceError
 from harness.records import RunRecord, find_records
 from harness.suite import Suite, load_suite
 
 DEFAULT_OUT = "results"
+DataError = (DataSourceError, ValueError, OSError)
 
 
 def _format_table(header: list[str], rows: list[list[str]]) -> str:
@@ -197,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except DataError as err:  # `harness data` builds data in this process: its failures are bad input
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
 
 

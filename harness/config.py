@@ -264,6 +264,10 @@ class RunConfig(Schema):
     def _cross_checks(self) -> RunConfig:
         if self.data.max_seq_len > self.model.max_len:
             raise ValueError(f"data.max_seq_len ({self.data.max_seq_len}) exceeds model.max_len ({self.model.max_len})")
+        if self.data.format in PAIR_FORMATS and self.model.token_types < 2:
+            raise ValueError(
+                f"model.token_types must be >= 2 for the pair format {self.data.format!r} (B is segment 1)"
+            )
         if "synthetic-topic" in self.eval.tasks and self.data.corpus.source != "synthetic":
             raise ValueError("eval.tasks: synthetic-topic needs data.corpus.source = synthetic")
         return self
@@ -306,7 +310,7 @@ def expand_presets(raw: dict[str, Any]) -> dict[str, Any]:
     model = raw.get("model")
     if isinstance(model, dict) and model.get("preset") is not None:
         preset = model["preset"]
-        if preset not in MODEL_PRESETS:
+        if not isinstance(preset, str) or preset not in MODEL_PRESETS:
             return raw  # validation reports the bad name with the allowed values
         raw = dict(raw)
         raw["model"] = {**MODEL_PRESETS[preset], **model}
@@ -377,10 +381,13 @@ def validate_run_config(raw: dict[str, Any], source: str) -> RunConfig:
 
 
 def has_path(tree: dict[str, Any], path: str) -> bool:
-    """Whether a nested dict sets the key path `a.b.c` or anything below it."""
+    """Whether an override decides the value at key path `a.b.c`: it sets that path or something
+    below it, or replaces a parent whole (a non-mapping, or a mapping that switches `source`)."""
     node: Any = tree
     for part in path.split(".") if path else []:
         if not isinstance(node, dict) or part not in node:
             return False
         node = node[part]
+        if not isinstance(node, dict) or VARIANT_KEY in node:
+            return True
     return True

@@ -183,6 +183,8 @@ class PretrainingModel(nn.Module):
         super().__init__()
         self.roberta = Encoder(config, vocab_size, pad_id)
         self.lm_head = LMHead(config, vocab_size)
+        # BERT's NSP reads the pooled first token: tanh(dense(h_cls)), then a 2-way classifier
+        self.pooler = nn.Linear(config.hidden, config.hidden) if nsp else None
         self.nsp_head = nn.Linear(config.hidden, 2) if nsp else None
         init_weights(self, config.init_std)
 
@@ -204,7 +206,7 @@ class PretrainingModel(nn.Module):
         if self.nsp_head is not None and nsp_labels is not None:
             has_pair = nsp_labels >= 0
             pairs = int(has_pair.sum())
-            nsp_logits = self.nsp_head(hidden[has_pair, 0])  # first token: <cls>
+            nsp_logits = self.nsp_head(torch.tanh(self.pooler(hidden[has_pair, 0])))  # first token: <cls>
             nsp_loss = F.cross_entropy(nsp_logits.float(), nsp_labels[has_pair], reduction="sum")
         return PretrainLosses(mlm_loss, int(targets.numel()), correct, nsp_loss, pairs)
 

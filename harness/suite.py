@@ -33,7 +33,7 @@ class SuiteSpec(Schema):
     description: str = Field("", description="What the suite asks.")
     base: dict[str, Any] = Field(description="Config shared by every arm (a preset plus overrides).")
     arms: dict[str, dict[str, Any] | None] = Field(min_length=1, description="Arm name -> partial override of base.")
-    seeds: list[int] = Field(min_length=1, description="Pretraining seeds; every arm runs once per seed.")
+    seeds: list[int] = Field(min_length=1, description="Pretraining seeds; every arm runs once per seed (distinct).")
     metrics: list[str] = Field(
         default_factory=lambda: ["heldout_ppl"], min_length=1, description="Metrics to report; the first is headline."
     )
@@ -122,9 +122,11 @@ def load_suite(path: str | Path, overrides: list[str] = (), arms: list[str] | No
     if not path.is_file():
         raise ConfigError(source, "", "suite file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(source, "", f"not valid YAML: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(source, "", f"cannot read the suite: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(source, "", "expected a mapping with name, base, arms, seeds")
     try:
@@ -137,6 +139,8 @@ def load_suite(path: str | Path, overrides: list[str] = (), arms: list[str] | No
             message += f" (expected one of: {', '.join(SuiteSpec.model_fields)})"
         raise ConfigError(source, key, message) from None
 
+    if len(set(spec.seeds)) != len(spec.seeds):
+        raise ConfigError(source, "seeds", f"seeds must be distinct, got {spec.seeds}")
     _check_override_keys(spec.base, source, "base")
     cli_override: dict[str, Any] = {}
     for assignment in overrides:
@@ -166,6 +170,15 @@ def load_suite(path: str | Path, overrides: list[str] = (), arms: list[str] | No
         arm_override = spec.arms[arm] or {}
         _check_override_keys(arm_override, source, f"arms.{arm}")
         resolved = deep_merge(deep_merge(spec.base, arm_override), cli_override)
+        for origin, tree in (("--set", cli_override), (f"arms.{arm}", arm_override), ("base", spec.base)):
+            train = tree.get("train")
+            if train is not None and not isinstance(train, dict):
+                raise ConfigError(source if origin != "--set" else "--set", f"{origin}.train".removeprefix("--set."),
+                                  "expected a mapping of train settings")  # fmt: skip
+            if isinstance(train, dict) and "seed" in train:
+                where = "train.seed" if origin == "--set" else f"{origin}.train.seed"
+                raise ConfigError("--set" if origin == "--set" else source, where,
+                                  "the seed comes from the suite's `seeds` list; set it there")  # fmt: skip
         for seed in spec.seeds:
             seeded = deep_merge(resolved, {"train": {"seed": seed}})
             try:

@@ -45,6 +45,10 @@ BAD_SUITES = [
     (("base.data.max_seq_len", 512), "base", "exceeds model.max_len"),
     (("seeds", [-1]), "seeds", "greater than or equal to 0"),
     (("seeds", []), "seeds", "at least 1"),
+    (("seeds", [0, 0]), "seeds", "distinct"),
+    (("base.train.seed", 3), "base.train.seed", "`seeds` list"),
+    (("base.model.preset", {"x": 1}), "base.model.preset", "tiny"),
+    (("arms.static", {"data": {"format": "segment_pair"}, "model": {"token_types": 1}}), "arms.static", "token_types"),
     (("metrics", ["accuracy"]), "metrics", "unknown metric"),
     (("colour", "blue"), "colour", "unknown key"),
 ]
@@ -66,6 +70,14 @@ def test_bad_set_override_names_the_flag(write_suite, tmp_path, capsys):
     path = write_suite(tiny_suite())
     assert main(["run", str(path), "--out", str(tmp_path / "r"), "--set", "train.lrr=1e-3"]) == 2
     assert "error: --set: train.lrr: unknown key" in capsys.readouterr().err
+
+
+def test_set_errors_are_blamed_on_the_flag(write_suite, tmp_path, capsys):
+    path = write_suite(tiny_suite())
+    assert main(["run", str(path), "--out", str(tmp_path / "r"), "--set", "data.corpus={source: files}"]) == 2
+    assert "error: --set: data.corpus.paths" in capsys.readouterr().err
+    assert main(["run", str(path), "--out", str(tmp_path / "r"), "--set", "train=5"]) == 2
+    assert "error: --set: train: expected a mapping" in capsys.readouterr().err
 
 
 def test_set_override_reaches_every_run(write_suite):

@@ -97,15 +97,17 @@ def test_random_replacements_never_pick_special_tokens():
 
 
 def test_full_sentences_packs_whole_sentences_across_documents_with_a_separator():
-    corpus = corpus_of([[[10, 11, 12], [13, 14]], [[20, 21, 22, 23], [24]], [[30, 31, 32, 33, 34, 35]]])
+    corpus = corpus_of([[[10, 11], [12]], [[20, 21]], [[30, 31, 32, 33, 34, 35]], [[40, 41, 42, 43, 44, 45, 46, 47]]])
     sequences = full_sentences(corpus, SPECIALS, max_seq_len=10, seed=0, short_seq_prob=0.0)
     got = [sequences[i][0].tolist() for i in range(len(sequences))]
-    # capacity 8: [10 11 12][13 14] + doc-boundary sep = 6; next sentence (4) does not fit
+    # capacity 8: docs 0 and 1 share a sequence with one separator between them; doc 2 (6 tokens)
+    # does not fit after them with its separator, and no separator dangles at a sequence's end
     assert got == [
-        [0, 10, 11, 12, 13, 14, 2, 2],
-        [0, 20, 21, 22, 23, 24, 2, 2],
-        [0, 30, 31, 32, 33, 34, 35, 2, 2],
+        [0, 10, 11, 12, 2, 20, 21, 2],
+        [0, 30, 31, 32, 33, 34, 35, 2],
+        [0, 40, 41, 42, 43, 44, 45, 46, 47, 2],
     ]
+    assert sequences.documents.tolist() == [2, 1, 1]
     assert set(sequences.nsp_labels.tolist()) == {NO_PAIR}
 
 

@@ -24,12 +24,12 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 WIKITEXT_VALID = SHARED / "wikitext-2-raw" / "wiki.valid.raw"
 
 
-def random_corpus(documents: int, seed: int = 0):
+def random_corpus(documents: int, seed: int = 0, max_sentences: int = 30):
     """Documents of 1-30 sentences of 3-25 ordinary tokens (ids 10..999), ids unique per position
     so a token tells which document and sentence it came from."""
     rng = np.random.default_rng(seed)
     docs = [
-        [rng.integers(10, 1000, size=rng.integers(3, 26)).tolist() for _ in range(rng.integers(1, 31))]
+        [rng.integers(10, 1000, size=rng.integers(3, 26)).tolist() for _ in range(rng.integers(1, max_sentences + 1))]
         for _ in range(documents)
     ]
     return corpus_of(docs), docs
@@ -101,11 +101,13 @@ def test_doc_sentences_never_cross_and_full_sentences_do():
         assert np.array_equal(body[~np.isin(body, SPECIALS.ids)], plain)
 
 
+@pytest.mark.parametrize("max_sentences", [8, 30])
 @pytest.mark.parametrize("name", ["segment_pair", "sentence_pair"])
-def test_nsp_positive_rate_is_one_half(name):
-    corpus, _ = random_corpus(3000, seed=1)
+def test_nsp_positive_rate_is_one_half(name, max_sentences):
+    # short documents too: that is where a forced NotNext for last sentences would tilt the rate
+    corpus, _ = random_corpus(3000, seed=1, max_sentences=max_sentences)
     sequences = FORMATS[name](corpus, SPECIALS, 128, 7, 0.1)
-    assert len(sequences) > 2500
+    assert len(sequences) > 2000
     positive = float((sequences.nsp_labels == IS_NEXT).mean())
     assert abs(positive - 0.5) < 0.02, positive
 
@@ -198,6 +200,14 @@ def test_whole_word_masking_masks_every_piece_of_a_word(kind, tmp_path):
 # ----------------------------------------------------------------------------- tokens per step
 
 
+def test_steps_average_tokens_per_step_rather_than_overshooting():
+    corpus, _ = random_corpus(800, seed=6)
+    sequences = FORMATS["full_sentences"](corpus, SPECIALS, 512, 0, 0.0)
+    batches = PretrainingBatches(sequences, SPECIALS, 1000, MaskingConfig(), 0, 64, tokens_per_step=4096)
+    per_step = [sum(mb.real_tokens for mb in batches.next_step()) for _ in range(200)]
+    assert abs(np.mean(per_step) / 4096 - 1) < 0.02, np.mean(per_step)
+
+
 def test_tokens_per_step_are_equal_across_the_four_formats():
     corpus, _ = random_corpus(1500, seed=4)
     means = {}
@@ -229,6 +239,29 @@ def test_bad_data_inputs_fail_clearly(tmp_path, write_suite):
     suite["base"]["data"]["tokenizer"]["vocab_size"] = 200
     path = write_suite(suite)
     assert main(["run", str(path), "--out", str(tmp_path / "r")]) == 2
+    missing = write_suite(
+        {**tiny_suite(), "base": {**tiny_suite()["base"], "data": {"corpus": {"source": "hub", "name": "x/y"}}}},
+        "hub.yaml",
+    )
+    # `harness data` builds in-process: a corpus it cannot read is exit 2 with a message, no traceback
+    import os
+
+    os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        assert main(["data", str(missing), "--out", str(tmp_path / "r")]) == 2
+    finally:
+        del os.environ["HF_DATASETS_OFFLINE"], os.environ["HF_HUB_OFFLINE"]
+
+
+def test_editing_a_corpus_file_rebuilds_its_documents(tmp_path):
+    text = tmp_path / "c.txt"
+    text.write_text("\n\n".join(f"Document {i} has a sentence. And another one." for i in range(40)))
+    corpus = FilesCorpus(source="files", paths=[str(text)])
+    config = DataConfig(corpus=corpus, tokenizer=TokenizerConfig(vocab_size=300), max_seq_len=32)
+    first = prepare_data(config, StageCache(tmp_path / "cache"), 4)
+    text.write_text(text.read_text() + "\n\nA new document at the end. It was appended.")
+    second = prepare_data(config, StageCache(tmp_path / "cache"), 4)
+    assert first.stage_keys["documents"] != second.stage_keys["documents"]
 
 
 # ------------------------------------------------------------------------------ harness data

@@ -113,12 +113,20 @@ class PretrainingBatches:
         self.cursor += 1
         return index
 
+    def _room_for_next(self, tokens: int) -> bool:
+        """Add the next sequence while that leaves the step closer to tokens_per_step than stopping
+        would, so steps average the target instead of always overshooting it."""
+        if tokens == 0:
+            return True
+        upcoming = self._order[self.cursor] if self.cursor < len(self._order) else self._epoch_order(self.epoch + 1)[0]
+        return tokens + self.lengths[upcoming] / 2 <= self.tokens_per_step
+
     def next_step(self) -> list[MicroBatch]:
         """The next optimizer step's micro-batches (sequences masked for the epoch they are served in)."""
         rows = []
         tokens = 0
         while (self.batch_size is not None and len(rows) < self.batch_size) or (
-            self.tokens_per_step is not None and tokens < self.tokens_per_step
+            self.tokens_per_step is not None and self._room_for_next(tokens)
         ):
             epoch = self.epoch if self.cursor < len(self._order) else self.epoch + 1
             index = self._next_index()

@@ -156,17 +156,17 @@ def _pack_sentences(
         for s in range(int(corpus.doc_offsets[d]), int(corpus.doc_offsets[d + 1])):
             tokens, word_starts, _ = _slice(corpus, s, s + 1)
             tokens, word_starts = tokens[:capacity], word_starts[:capacity]  # a sentence longer than a sequence is cut
-            if used + len(tokens) > capacity:
+            # entering a new document in a non-empty buffer costs the extra separator between them
+            boundary = 1 if used and d not in documents_in_buffer else 0
+            if used + boundary + len(tokens) > capacity:
                 emit()
+                boundary = 0
+            if boundary:
+                pieces.append(out.special(specials.sep))
             pieces.append((tokens, word_starts, 0))
-            used += len(tokens)
+            used += boundary + len(tokens)
             documents_in_buffer.add(d)
         if not cross_documents:
-            emit()
-        elif used and used + 1 <= capacity:
-            pieces.append(out.special(specials.sep))  # the extra separator at a document boundary
-            used += 1
-        else:
             emit()
     emit()
     return out.finish()
@@ -277,8 +277,8 @@ def sentence_pair(
     corpus: TokenizedCorpus, specials: SpecialTokens, max_seq_len: int, seed: int, short_seq_prob: float
 ) -> Sequences:
     """One sentence each side: B is the next sentence with p=0.5, else a sentence of another
-    document. The label is drawn first; a document's last sentence has no next, so when it draws
-    IsNext it yields no pair rather than a forced NotNext, keeping the positive rate at 0.5."""
+    document. Only sentences that have a next one start a pair, so either label is always possible
+    and the positive rate is 0.5 (a forced NotNext for last sentences would tilt it)."""
     rng = random.Random(seed)
     max_tokens = max_seq_len - 2 - len(specials.pair_separator)
     if max_tokens < 2:
@@ -287,11 +287,10 @@ def sentence_pair(
     for d in range(corpus.num_documents):
         first, last = int(corpus.doc_offsets[d]), int(corpus.doc_offsets[d + 1])
         i = first
-        while i < last:
+        while i < last - 1:  # a document's last sentence has no next: it never starts a pair
             a = _slice(corpus, i, i + 1)
             if rng.random() < 0.5:
-                if i + 1 < last:
-                    _emit_pair(out, specials, a, _slice(corpus, i + 1, i + 2), IS_NEXT, rng, max_tokens)
+                _emit_pair(out, specials, a, _slice(corpus, i + 1, i + 2), IS_NEXT, rng, max_tokens)
                 i += 2
             else:
                 other = _random_other_document(corpus, d, rng)

@@ -22,7 +22,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from harness.config import DataConfig
+from harness.config import DataConfig, FilesCorpus
 from harness.data.cache import StageCache
 from harness.data.formats import FORMATS, Sequences
 from harness.data.sentences import split_sentences
@@ -39,7 +39,7 @@ from harness.data.tokenizer import (
 SPLITS = ("train", "heldout")
 # Part of every stage's cache key: bump a stage's number when its code changes what it writes, so
 # caches built by older code are not reused.
-STAGE_VERSIONS = {"documents": 3, "sentences": 2, "tokenizer": 1, "token_ids": 2, "format": 3}
+STAGE_VERSIONS = {"documents": 3, "sentences": 2, "tokenizer": 1, "token_ids": 2, "format": 4}
 
 
 @dataclass
@@ -66,6 +66,17 @@ def is_heldout(index: int, fraction: float) -> bool:
     document, so it streams, the same for every run, spread over the whole corpus."""
     period = heldout_period(fraction)
     return index % period == period // 2
+
+
+def corpus_fingerprint(corpus: Any) -> list[dict[str, Any]]:
+    """Resolved path, size and modification time of every corpus file: editing a file in place,
+    or the same relative path naming another file, makes a new documents stage, not a stale hit."""
+    if not isinstance(corpus, FilesCorpus):
+        return []
+    return [
+        {"path": str(path.resolve()), "bytes": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns}
+        for path in corpus.files()
+    ]
 
 
 def _iter_jsonl(path: Path) -> Iterator[Any]:
@@ -101,6 +112,7 @@ def prepare_data(config: DataConfig, cache: StageCache, heldout_sequences: int) 
 
     corpus_inputs = {
         "corpus": config.corpus.model_dump(mode="json"),
+        "files": corpus_fingerprint(config.corpus),
         "heldout_fraction": config.heldout_fraction,
         "version": STAGE_VERSIONS["documents"],
     }
