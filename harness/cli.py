@@ -15,7 +15,6 @@ from harness.records import RunRecord, find_records
 from harness.suite import Suite, load_suite
 
 DEFAULT_OUT = "results"
-DataError = (DataSourceError, ValueError, OSError)
 
 
 def _format_table(header: list[str], rows: list[list[str]]) -> str:
@@ -118,8 +117,12 @@ def cmd_data(args: argparse.Namespace) -> int:
     report = {}
     for arm in dict.fromkeys(r.arm for r in suite.runs):
         config = next(r.config for r in suite.runs if r.arm == arm)
-        data = prepare_data(config.data, cache, config.eval.heldout_sequences)
-        report[arm] = data_statistics(data, config, epochs=args.epochs)
+        try:
+            data = prepare_data(config.data, cache, config.eval.heldout_sequences)
+            report[arm] = data_statistics(data, config, epochs=args.epochs)
+        except (DataSourceError, ValueError, OSError) as err:  # a corpus or format that cannot be built
+            print(f"error: arm {arm}: {type(err).__name__}: {err}", file=sys.stderr)
+            return 2
         if not args.json:
             print(format_statistics(arm, report[arm]), flush=True)
     if args.json:
@@ -199,9 +202,6 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    except DataError as err:  # `harness data` builds data in this process: its failures are bad input
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
 
 

@@ -115,6 +115,16 @@ def _attribute(err: ConfigError, arm: str, arm_override: dict[str, Any], cli: di
     return ConfigError(err.source, f"{prefix}.{path}" if path else prefix, err.message)
 
 
+def _check_train_section(override: dict[str, Any], source: str, prefix: str) -> None:
+    """`train` must be a mapping, and must not set the seed: seeds come from the suite's list (the
+    per-seed merge would silently overwrite it)."""
+    train = override.get("train")
+    if train is not None and not isinstance(train, dict):
+        raise ConfigError(source, f"{prefix}train", "expected a mapping of train settings")
+    if isinstance(train, dict) and "seed" in train:
+        raise ConfigError(source, f"{prefix}train.seed", "the seed comes from the suite's `seeds` list; set it there")
+
+
 def load_suite(path: str | Path, overrides: list[str] = (), arms: list[str] | None = None) -> Suite:
     """Read and fully validate a suite; `overrides` are `--set key.path=value` strings applied to every arm."""
     path = Path(path)
@@ -170,15 +180,9 @@ def load_suite(path: str | Path, overrides: list[str] = (), arms: list[str] | No
         arm_override = spec.arms[arm] or {}
         _check_override_keys(arm_override, source, f"arms.{arm}")
         resolved = deep_merge(deep_merge(spec.base, arm_override), cli_override)
-        for origin, tree in (("--set", cli_override), (f"arms.{arm}", arm_override), ("base", spec.base)):
-            train = tree.get("train")
-            if train is not None and not isinstance(train, dict):
-                raise ConfigError(source if origin != "--set" else "--set", f"{origin}.train".removeprefix("--set."),
-                                  "expected a mapping of train settings")  # fmt: skip
-            if isinstance(train, dict) and "seed" in train:
-                where = "train.seed" if origin == "--set" else f"{origin}.train.seed"
-                raise ConfigError("--set" if origin == "--set" else source, where,
-                                  "the seed comes from the suite's `seeds` list; set it there")  # fmt: skip
+        _check_train_section(cli_override, "--set", "")
+        _check_train_section(arm_override, source, f"arms.{arm}.")
+        _check_train_section(spec.base, source, "base.")
         for seed in spec.seeds:
             seeded = deep_merge(resolved, {"train": {"seed": seed}})
             try:
