@@ -1,4 +1,4 @@
-"""`harness run | data | ls`: the command line. Exit status 2 for bad input, 1 when any run failed."""
+"""`harness run | data | eval | ls`: the command line. Exit status 2 for bad input, 1 when any run failed."""
 
 from __future__ import annotations
 
@@ -46,6 +46,25 @@ def suite_table(suite: Suite, out_root: Path) -> str:
     return _format_table(["arm", "done", *metrics], rows)
 
 
+def check_task_data(suite: Suite) -> None:
+    """Load every downstream task the suite names once, before any training: missing files or
+    columns and labels outside the label set stop the command here, not after hours of pretraining."""
+    from harness.tasks import TaskDataError, load_task
+
+    checked = set()
+    for run in suite.runs:
+        for task in run.config.eval.tasks:
+            protocol = run.config.eval.finetune_for(task)
+            key = (task, run.config.eval.glue_dir, protocol.max_train_examples, protocol.max_eval_examples)
+            if key in checked or task.startswith("synthetic-"):
+                continue
+            checked.add(key)
+            try:
+                load_task(task, run.config.eval.glue_dir, 0, protocol.max_train_examples, protocol.max_eval_examples)
+            except TaskDataError as err:
+                raise ConfigError(str(suite.path), f"eval.tasks ({task})", str(err)) from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite, overrides=args.set or [], arms=args.arm)
     out_root = Path(args.out)
@@ -68,6 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.data.cache import StageCache
     from harness.runner import execute_run
 
+    check_task_data(suite)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device", "device", "cuda requested but no CUDA device is available")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -105,6 +125,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"\n{len(failed)} run(s) failed: {', '.join(failed)} (see status.json in each)", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from harness.runner import evaluate_run
+    from harness.tasks import TASKS, TaskDataError
+
+    unknown = [t for t in args.task or [] if t not in TASKS]
+    if unknown:
+        raise ConfigError("--task", "task", f"unknown task {', '.join(unknown)} (expected one of: {', '.join(TASKS)})")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    status = 0
+    for run_dir in args.run_dir:
+        try:
+            downstream = evaluate_run(Path(run_dir), device, args.task)
+        except (TaskDataError, ValueError, OSError) as err:
+            print(f"error: {run_dir}: {err}", file=sys.stderr)
+            status = 2
+            continue
+        for name, result in downstream.items():
+            medians = ", ".join(f"{m} {r['median']:.4f}" for m, r in result["metrics"].items())
+            baseline = ", ".join(f"{m} {v:.4f}" for m, v in result["majority_baseline"].items())
+            diverged = f", {len(result['diverged_seeds'])} seed(s) diverged" if result["diverged_seeds"] else ""
+            seeds = len(next(iter(result["metrics"].values()))["seeds"])
+            print(f"{run_dir}: {name}: median {medians} over {seeds} seed(s){diverged}; majority baseline {baseline}")
+    return status
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -190,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--json", action="store_true", help="machine-readable output")
     data.set_defaults(func=cmd_data)
 
+    evaluate = sub.add_parser("eval", help="(re-)evaluate finished runs downstream without retraining")
+    evaluate.add_argument("run_dir", nargs="+", help="run directories (results/<suite>/<run-id>)")
+    evaluate.add_argument("--task", action="append", help="only this task (repeatable; default: the run's eval.tasks)")
+    evaluate.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
+    evaluate.set_defaults(func=cmd_eval)
+
     ls = sub.add_parser("ls", help="list runs with their status and headline metric")
     ls.add_argument("dir", nargs="?", default=DEFAULT_OUT, help="results root or one suite's directory")
     ls.set_defaults(func=cmd_ls)
@@ -200,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        sys.stderr.close()
+        return 0
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

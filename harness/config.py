@@ -230,6 +230,7 @@ class TrainConfig(Schema):
 
 
 class FinetuneConfig(Schema):
+    max_len: int | None = Field(None, ge=8, description="Max tokens per example (default: data.max_seq_len).")
     epochs: float = Field(3.0, gt=0.0, description="Passes over the (capped) task training set.")
     lr: float = Field(1e-4, gt=0.0, description="Peak learning rate (linear warmup then decay).")
     batch_size: int = Field(32, ge=1, description="Examples per step.")
@@ -240,14 +241,60 @@ class FinetuneConfig(Schema):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Fine-tuning seeds per task.")
 
 
+class FinetuneOverride(Schema):
+    """Per-task changes to the shared protocol; unset fields keep the shared value."""
+
+    max_len: int | None = Field(None, ge=8, description="Max tokens per example.")
+    epochs: float | None = Field(None, gt=0.0, description="Passes over the task's training set.")
+    lr: float | None = Field(None, gt=0.0, description="Peak learning rate.")
+    batch_size: int | None = Field(None, ge=1, description="Examples per step.")
+    warmup_fraction: float | None = Field(None, ge=0.0, lt=1.0, description="Fraction of steps of warmup.")
+    weight_decay: float | None = Field(None, ge=0.0, description="AdamW weight decay.")
+    max_train_examples: int | None = Field(None, ge=1, description="Cap on training examples.")
+    max_eval_examples: int | None = Field(None, ge=1, description="Cap on dev examples.")
+
+
 class EvalConfig(Schema):
     heldout_sequences: int = Field(256, ge=1, description="Held-out packed sequences scored for perplexity.")
     mask_seed: int = Field(12345, description="Seed of the fixed held-out mask (shared by every arm).")
     batch_size: int = Field(64, ge=1, description="Sequences per evaluation forward pass.")
-    tasks: list[Literal["synthetic-topic"]] = Field(
-        default_factory=list, description="Downstream tasks fine-tuned after pretraining."
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="Downstream tasks fine-tuned after pretraining: sst2, mnli, mnli-mm, qnli, rte, mrpc, cola, "
+        "stsb, qqp, synthetic-topic, synthetic-pair.",
+    )
+    glue_dir: str | None = Field(
+        None, description="Local GLUE download (TSV layout: SST-2/train.tsv, ...); unset: the hub (nyu-mll/glue)."
     )
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Fine-tuning protocol (all tasks).")
+    task_overrides: dict[str, FinetuneOverride] = Field(
+        default_factory=dict, description="Task name -> changes to the shared fine-tuning protocol for that task."
+    )
+
+    @model_validator(mode="after")
+    def _known_tasks_with_files(self) -> EvalConfig:
+        from harness.tasks import TASKS
+
+        for name in [*self.tasks, *self.task_overrides]:
+            if name not in TASKS:
+                raise ValueError(f"unknown task {name!r} (expected one of: {', '.join(TASKS)})")
+        if self.glue_dir is not None:
+            for name in self.tasks:
+                spec = TASKS[name]
+                if spec.glue_dir is None:
+                    continue
+                for split in (spec.train_split, spec.dev_split):
+                    path = Path(self.glue_dir) / spec.glue_dir / f"{split}.tsv"
+                    if not path.is_file():
+                        raise ValueError(f"task {name}: {path} not found (glue_dir must hold GLUE's TSV layout)")
+        return self
+
+    def finetune_for(self, task: str) -> FinetuneConfig:
+        """The shared protocol with the task's overrides applied."""
+        changes = self.task_overrides.get(task)
+        if changes is None:
+            return self.finetune
+        return self.finetune.model_copy(update=changes.model_dump(exclude_none=True))
 
 
 # ----------------------------------------------------------------------------------------- run
@@ -268,8 +315,9 @@ class RunConfig(Schema):
             raise ValueError(
                 f"model.token_types must be >= 2 for the pair format {self.data.format!r} (B is segment 1)"
             )
-        if "synthetic-topic" in self.eval.tasks and self.data.corpus.source != "synthetic":
-            raise ValueError("eval.tasks: synthetic-topic needs data.corpus.source = synthetic")
+        for task in self.eval.tasks:
+            if task.startswith("synthetic-") and self.data.corpus.source != "synthetic":
+                raise ValueError(f"eval.tasks: {task} needs data.corpus.source = synthetic")
         return self
 
     def run_id(self) -> str:
@@ -278,7 +326,14 @@ class RunConfig(Schema):
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-METRIC_NAMES = ("heldout_loss", "heldout_ppl", "train_loss", "synthetic-topic.accuracy")
+PRETRAINING_METRICS = ("heldout_loss", "heldout_ppl", "heldout_acc", "train_loss")
+
+
+def metric_names() -> list[str]:
+    """Every metric a run can report: pretraining ones, then `<task>.<metric>` for every task."""
+    from harness.tasks import TASKS
+
+    return [*PRETRAINING_METRICS, *(f"{t}.{m}" for t, spec in TASKS.items() for m in spec.metrics)]
 
 
 # ------------------------------------------------------------------------------ dict utilities

@@ -3,8 +3,9 @@
 - Held-out MLM loss and perplexity on packed held-out sequences with a *fixed* mask: the default
   15% / 80-10-10 mask seeded by `eval.mask_seed` and the sequence index, whatever the arm's own
   masking, so every arm that shares a tokenizer is scored on the same positions.
-- Downstream tasks: fine-tune a copy of the pretrained encoder with a classification head, once
-  per fine-tuning seed, and score the dev split with scikit-learn's metrics.
+- Downstream tasks (harness/tasks.py): fine-tune a copy of the pretrained encoder with a head on
+  the first token (classification or regression), once per fine-tuning seed, and score the dev
+  split with scikit-learn's / SciPy's metrics.
 """
 
 from __future__ import annotations
@@ -12,20 +13,20 @@ from __future__ import annotations
 import copy
 import math
 import statistics
-from collections.abc import Callable
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score
 
 from harness.config import EvalConfig, FinetuneConfig, MaskingConfig, RunConfig
 from harness.data.batches import MicroBatch, collate
 from harness.data.formats import Sequences
 from harness.data.masking import IGNORE, mask_sequence
-from harness.data.synthetic import generate_topic_task
 from harness.data.tokenizer import SpecialTokens
 from harness.model import PretrainingModel, SequenceClassifier
+from harness.tasks import TASKS, TaskData, TaskSpec, load_task, majority_baseline, score
 from harness.train import adamw, autocast_for, lr_at
 
 EVAL_MASKING = MaskingConfig()  # the yardstick mask: the paper's defaults, independent of the arm
@@ -62,61 +63,70 @@ def heldout_mlm(
     return {"heldout_loss": loss, "heldout_ppl": math.exp(min(loss, 50.0)), "heldout_acc": correct / max(1, masked)}
 
 
-@dataclass(frozen=True)
-class TaskData:
-    train_texts: list[str]
-    train_labels: list[int]
-    dev_texts: list[str]
-    dev_labels: list[int]
-    num_labels: int
-
-
-def _synthetic_topic(config: RunConfig) -> TaskData:
-    finetune = config.eval.finetune
-    train, dev = generate_topic_task(
-        seed=config.data.corpus.seed,
-        train_examples=finetune.max_train_examples or 2000,
-        dev_examples=finetune.max_eval_examples or 500,
-    )
-    return TaskData(
-        [e.text for e in train],
-        [e.label for e in train],
-        [e.text for e in dev],
-        [e.label for e in dev],
-        num_labels=6,
-    )
-
-
-TASKS: dict[str, Callable[[RunConfig], TaskData]] = {"synthetic-topic": _synthetic_topic}
-TASK_METRICS: dict[str, Callable[[list[int], list[int]], float]] = {"synthetic-topic": accuracy_score}
-
-
-def _encode(texts: list[str], labels: list[int], tokenizer, specials: SpecialTokens, max_len: int):
+def encode_examples(
+    texts_a: list[str],
+    texts_b: list[str] | None,
+    labels: np.ndarray,
+    tokenizer,
+    specials: SpecialTokens,
+    max_len: int,
+    token_types: int,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+    """[cls] A [sep] / [cls] A <pair sep> B [sep], the longer side trimmed first to fit max_len."""
+    ids_a = [e.ids for e in tokenizer.encode_batch(texts_a, add_special_tokens=False)]
+    ids_b = [e.ids for e in tokenizer.encode_batch(texts_b, add_special_tokens=False)] if texts_b else None
     rows = []
-    for text, label in zip(texts, labels):
-        ids = tokenizer.encode(text, add_special_tokens=False).ids[: max_len - 2]
-        seq = np.asarray([specials.cls, *ids, specials.sep], dtype=np.int64)
-        rows.append((seq, np.zeros_like(seq), np.full_like(seq, IGNORE), label))
+    for i, a in enumerate(ids_a):
+        if ids_b is None:
+            seq = [specials.cls, *a[: max_len - 2], specials.sep]
+            types = [0] * len(seq)
+        else:
+            b = ids_b[i]
+            room = max_len - 2 - len(specials.pair_separator)
+            while len(a) + len(b) > room:  # longest first, from the back
+                a, b = (a[:-1], b) if len(a) >= len(b) else (a, b[:-1])
+            seq = [specials.cls, *a, *specials.pair_separator, *b, specials.sep]
+            second = 1 if token_types > 1 else 0
+            types = [0] * (len(a) + 1 + len(specials.pair_separator)) + [second] * (len(b) + 1)
+        seq_array = np.asarray(seq, dtype=np.int64)
+        rows.append((seq_array, np.asarray(types, dtype=np.int64), np.full_like(seq_array, IGNORE), labels[i]))
     return rows
+
+
+def _collate_task(rows, pad_id: int, regression: bool) -> MicroBatch:
+    mb = collate([(r[0], r[1], r[2], 0) for r in rows], pad_id)
+    mb.nsp_labels = torch.tensor([r[3] for r in rows], dtype=torch.float32 if regression else torch.int64)
+    return mb
+
+
+@dataclass
+class FinetuneResult:
+    predictions: np.ndarray | None  # None when the seed diverged
+    diverged_at_step: int | None
 
 
 def finetune_task(
     pretrained: PretrainingModel,
-    task: TaskData,
+    spec: TaskSpec,
+    data: TaskData,
     tokenizer,
     specials: SpecialTokens,
-    max_len: int,
     config: FinetuneConfig,
+    max_len: int,
     seed: int,
     device: torch.device,
     precision: str,
     dropout: float,
-) -> tuple[list[int], list[int]]:
-    """Fine-tune a copy of the encoder on the task's train split; returns (dev predictions, dev labels)."""
+) -> FinetuneResult:
+    """Fine-tune a copy of the encoder on the task's train split, predict its dev split. A fixed
+    protocol: no early stopping, no looking at dev until the end."""
     torch.manual_seed(seed)
-    model = SequenceClassifier(copy.deepcopy(pretrained.roberta), task.num_labels, dropout).to(device)
-    train_rows = _encode(task.train_texts, task.train_labels, tokenizer, specials, max_len)
-    dev_rows = _encode(task.dev_texts, task.dev_labels, tokenizer, specials, max_len)
+    token_types = pretrained.roberta.config.token_types
+    model = SequenceClassifier(copy.deepcopy(pretrained.roberta), spec.num_outputs, dropout).to(device)
+    train_rows = encode_examples(
+        data.train_a, data.train_b, data.train_labels, tokenizer, specials, max_len, token_types
+    )
+    dev_rows = encode_examples(data.dev_a, data.dev_b, data.dev_labels, tokenizer, specials, max_len, token_types)
     steps_per_epoch = math.ceil(len(train_rows) / config.batch_size)
     total_steps = max(1, round(config.epochs * steps_per_epoch))
     warmup = int(config.warmup_fraction * total_steps)
@@ -128,48 +138,96 @@ def finetune_task(
         if len(order) < config.batch_size:
             order = np.concatenate([order, rng.permutation(len(train_rows))])
         picked, order = order[: config.batch_size], order[config.batch_size :]
-        mb = collate([train_rows[i] for i in picked], specials.pad).to(device)
+        mb = _collate_task([train_rows[i] for i in picked], specials.pad, spec.is_regression).to(device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total_steps, warmup, config.lr, "linear")
         with autocast_for(precision, device):
-            logits = model(mb.input_ids, mb.token_type_ids, mb.attention_mask)
-        loss = torch.nn.functional.cross_entropy(logits.float(), mb.nsp_labels)
+            outputs = model(mb.input_ids, mb.token_type_ids, mb.attention_mask).float()
+        if spec.is_regression:
+            loss = torch.nn.functional.mse_loss(outputs.squeeze(-1), mb.nsp_labels)
+        else:
+            loss = torch.nn.functional.cross_entropy(outputs, mb.nsp_labels)
+        if not torch.isfinite(loss):
+            return FinetuneResult(None, step + 1)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     model.eval()
-    predictions: list[int] = []
+    predictions = []
     with torch.no_grad():
         for i in range(0, len(dev_rows), 128):
-            mb = collate(dev_rows[i : i + 128], specials.pad).to(device)
+            mb = _collate_task(dev_rows[i : i + 128], specials.pad, spec.is_regression).to(device)
             with autocast_for(precision, device):
-                predictions.extend(model(mb.input_ids, mb.token_type_ids, mb.attention_mask).argmax(-1).tolist())
-    return predictions, list(task.dev_labels)
+                outputs = model(mb.input_ids, mb.token_type_ids, mb.attention_mask).float()
+            predictions.append(outputs.squeeze(-1) if spec.is_regression else outputs.argmax(-1))
+    return FinetuneResult(torch.cat(predictions).cpu().numpy(), None)
 
 
 def evaluate_downstream(
-    pretrained: PretrainingModel, config: RunConfig, tokenizer, specials: SpecialTokens, device: torch.device
+    pretrained: PretrainingModel,
+    config: RunConfig,
+    tokenizer,
+    specials: SpecialTokens,
+    device: torch.device,
+    predictions_dir: Path,
+    tasks: list[str] | None = None,
+    log=print,
 ) -> dict[str, dict]:
-    """Every task in eval.tasks, every fine-tuning seed: per-seed scores and their median."""
+    """Every task x fine-tuning seed, skipping pairs whose predictions are already on disk.
+
+    Per seed the dev predictions are kept (predictions/<task>/seed-<s>.npy, labels beside them), so
+    any metric can be recomputed; a seed whose loss went NaN is kept as diverged and left out of
+    the median, with the count shown."""
     results: dict[str, dict] = {}
-    for name in config.eval.tasks:
-        task = TASKS[name](config)
-        scores = {}
+    synthetic_seed = getattr(config.data.corpus, "seed", 0)
+    for name in tasks if tasks is not None else config.eval.tasks:
+        spec = TASKS[name]
+        protocol = config.eval.finetune_for(name)
+        data = load_task(name, config.eval.glue_dir, synthetic_seed, protocol.max_train_examples,
+                         protocol.max_eval_examples)  # fmt: skip
+        folder = predictions_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "labels.npy", data.dev_labels)
+        per_seed: dict[str, dict[str, float]] = {}
+        diverged: dict[str, int] = {}
         for seed in config.eval.finetune.seeds:
-            predictions, labels = finetune_task(
-                pretrained,
-                task,
-                tokenizer,
-                specials,
-                config.data.max_seq_len,
-                config.eval.finetune,
-                seed,
-                device,
-                config.train.precision,
-                config.model.dropout,
-            )
-            scores[str(seed)] = float(TASK_METRICS[name](labels, predictions))
-        results[name] = {"metric": "accuracy", "seeds": scores, "median": statistics.median(scores.values())}
+            done, failed = folder / f"seed-{seed}.npy", folder / f"seed-{seed}.diverged"
+            if not done.is_file() and not failed.is_file():
+                started = time.perf_counter()
+                result = finetune_task(
+                    pretrained, spec, data, tokenizer, specials, protocol,
+                    protocol.max_len or config.data.max_seq_len, seed, device, config.train.precision,
+                    config.model.dropout,
+                )  # fmt: skip
+                if result.predictions is None:
+                    failed.write_text(str(result.diverged_at_step))
+                else:
+                    np.save(done, result.predictions)
+                log(f"  {name} seed {seed}: fine-tuned in {time.perf_counter() - started:.0f}s")
+            if failed.is_file():
+                diverged[str(seed)] = int(failed.read_text())
+            else:
+                per_seed[str(seed)] = score(name, data.dev_labels, np.load(done))
+        metrics = {
+            metric: {
+                "seeds": {s: v[metric] for s, v in per_seed.items()},
+                "median": statistics.median(v[metric] for v in per_seed.values()) if per_seed else float("nan"),
+            }
+            for metric in spec.metrics
+        }
+        results[name] = {
+            "metrics": metrics,
+            "diverged_seeds": diverged,
+            "majority_baseline": majority_baseline(name, data),
+            "train_examples": len(data.train_a),
+            "dev_examples": len(data.dev_a),
+            "protocol": protocol.model_dump(mode="json"),
+        }
     return results
+
+
+def flat_downstream_metrics(downstream: dict[str, dict]) -> dict[str, float]:
+    """`<task>.<metric>`: the median over fine-tuning seeds, as the paper reports."""
+    return {f"{task}.{m}": r["metrics"][m]["median"] for task, r in downstream.items() for m in r["metrics"]}

@@ -12,15 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
 
 import harness
+from harness.config import RunConfig
 from harness.data.batches import PretrainingBatches
 from harness.data.cache import StageCache
 from harness.data.pipeline import PreparedData, prepare_data
-from harness.evaluate import evaluate_downstream, fixed_mask_batches, heldout_mlm
+from harness.data.tokenizer import SpecialTokens, special_tokens
+from harness.evaluate import evaluate_downstream, fixed_mask_batches, flat_downstream_metrics, heldout_mlm
 from harness.model import PretrainingModel
-from harness.records import RunRecord
+from harness.records import SCHEMA_VERSION, RunRecord
 from harness.suite import Run
 from harness.train import planned_steps, train
 
@@ -37,6 +40,49 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         sha = ""
     return f"{harness.__version__}+{sha}" if sha else harness.__version__
+
+
+def load_pretrained(run_dir: Path) -> tuple[RunConfig, PretrainingModel, Tokenizer, SpecialTokens]:
+    """A finished run's config, model and tokenizer, checked against each other."""
+    header = RunRecord(run_dir).config
+    if header is None:
+        raise ValueError(f"{run_dir}: no config.json: not a run directory")
+    if header.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(
+            f"{run_dir}: written by record schema {header.get('schema_version')}, this is {SCHEMA_VERSION}"
+        )
+    config = RunConfig.model_validate(header["config"])
+    weights = run_dir / "checkpoint" / "model.safetensors"
+    tokenizer_file = run_dir / "checkpoint" / "tokenizer.json"
+    if not weights.is_file() or not tokenizer_file.is_file():
+        raise ValueError(f"{run_dir}: no checkpoint (model.safetensors + tokenizer.json): has the run finished?")
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    state = load_file(str(weights))
+    rows = state["roberta.embeddings.word_embeddings.weight"].shape[0]
+    if rows != tokenizer.get_vocab_size():
+        raise ValueError(
+            f"{run_dir}: the checkpoint has {rows} word embeddings but its tokenizer {tokenizer.get_vocab_size()} "
+            "tokens: they do not belong together"
+        )
+    specials = special_tokens(tokenizer, config.data.tokenizer.kind)
+    model = PretrainingModel(config.model, rows, specials.pad, nsp=config.data.nsp)
+    model.load_state_dict(state)
+    return config, model, tokenizer, specials
+
+
+def evaluate_run(run_dir: Path, device: torch.device, tasks: list[str] | None = None, log=print) -> dict[str, Any]:
+    """(Re-)evaluate a finished run downstream; task/seed pairs already on disk are not redone.
+    Returns the tasks evaluated; summary.json gets them merged in."""
+    config, model, tokenizer, specials = load_pretrained(run_dir)
+    model.to(device)
+    downstream = evaluate_downstream(model, config, tokenizer, specials, device, run_dir / "predictions", tasks, log)
+    record = RunRecord(run_dir)
+    summary = record.summary or {}
+    summary.pop("schema_version", None)
+    summary["downstream"] = {**summary.get("downstream", {}), **downstream}
+    summary["metrics"] = {**summary.get("metrics", {}), **flat_downstream_metrics(downstream)}
+    record.finish(summary)
+    return downstream
 
 
 def describe_plan(data: PreparedData, batches: PretrainingBatches, steps: int, run: Run) -> str:
@@ -92,7 +138,9 @@ def execute_run(
         )
         heldout = evaluate_heldout()
         record.append_metrics({"step": result.steps, "tokens": result.tokens_seen, **heldout})
-        downstream = evaluate_downstream(model, config, data.tokenizer, data.specials, device)
+        downstream = evaluate_downstream(
+            model, config, data.tokenizer, data.specials, device, run_dir / "predictions", log=log
+        )
 
         checkpoint = run_dir / "checkpoint"
         checkpoint.mkdir(exist_ok=True)
@@ -101,7 +149,7 @@ def execute_run(
         data.tokenizer.save(str(checkpoint / "tokenizer.json"))
 
         metrics = {"train_loss": result.train_loss, **heldout}
-        metrics.update({f"{task}.{r['metric']}": r["median"] for task, r in downstream.items()})
+        metrics.update(flat_downstream_metrics(downstream))
         summary = {
             **header,
             "metrics": metrics,

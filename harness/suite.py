@@ -8,6 +8,7 @@ file and the key path.
 from __future__ import annotations
 
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,12 @@ import yaml
 from pydantic import Field, ValidationError
 
 from harness.config import (
-    METRIC_NAMES,
     ConfigError,
     RunConfig,
     Schema,
     deep_merge,
     has_path,
+    metric_names,
     nested,
     parse_set,
     validate_run_config,
@@ -74,6 +75,9 @@ def _check_override_keys(override: dict[str, Any], source: str, path: str) -> No
     _walk(override, _schema_tree(RunConfig), source, path)
 
 
+ANY_KEY = "*"
+
+
 def _schema_tree(model: Any) -> dict[str, Any] | None:
     fields = getattr(model, "model_fields", None)
     if fields is None:
@@ -87,7 +91,8 @@ def _schema_tree(model: Any) -> dict[str, Any] | None:
         merged: dict[str, Any] | None = None
         for sub in subtrees:
             merged = {**(merged or {}), **sub}
-        tree[name] = merged
+        # a mapping field (eval.task_overrides): any key, each value following the value's schema
+        tree[name] = {ANY_KEY: merged} if typing.get_origin(annotation) is dict else merged
     return tree
 
 
@@ -96,6 +101,10 @@ def _walk(override: dict[str, Any], tree: dict[str, Any] | None, source: str, pa
         return
     for key, value in override.items():
         here = f"{path}.{key}" if path else key
+        if ANY_KEY in tree:
+            if isinstance(value, dict):
+                _walk(value, tree[ANY_KEY], source, here)
+            continue
         if key not in tree:
             raise ConfigError(source, here, f"unknown key (expected one of: {', '.join(sorted(tree))})")
         if isinstance(value, dict):
@@ -158,10 +167,11 @@ def load_suite(path: str | Path, overrides: list[str] = (), arms: list[str] | No
         _check_override_keys(nested(parts, value), "--set", "")
         cli_override = deep_merge(cli_override, nested(parts, value))
 
+    known_metrics = metric_names()
     for metric in spec.metrics:
-        if metric not in METRIC_NAMES:
+        if metric not in known_metrics:
             raise ConfigError(
-                source, "metrics", f"unknown metric {metric!r} (expected one of: {', '.join(METRIC_NAMES)})"
+                source, "metrics", f"unknown metric {metric!r} (expected one of: {', '.join(known_metrics)})"
             )
     if spec.baseline is not None and spec.baseline not in spec.arms:
         raise ConfigError(source, "baseline", f"no arm named {spec.baseline!r}")

@@ -1,0 +1,160 @@
+"""Downstream evaluation: metrics, the protocol on the synthetic tasks, `harness eval`, bad task data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_suite
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+from harness.cli import main
+from harness.config import RunConfig
+from harness.evaluate import evaluate_downstream
+from harness.records import RunRecord
+from harness.runner import load_pretrained
+from harness.tasks import METRICS, TASKS, TaskDataError, load_glue_task, majority_baseline, score, synthetic_pair_task
+
+SHARED_GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+
+
+def test_metrics_agree_with_scikit_learn_and_scipy():
+    y = np.array([1, 0, 1, 1, 0, 1, 0, 0, 1, 1])
+    p = np.array([1, 0, 0, 1, 0, 1, 1, 0, 1, 0])
+    assert METRICS["accuracy"](y, p) == accuracy_score(y, p) == 0.7
+    assert METRICS["f1"](y, p) == pytest.approx(f1_score(y, p))
+    assert METRICS["matthews"](y, p) == pytest.approx(matthews_corrcoef(y, p))
+    scores, guesses = np.array([0.0, 1.5, 2.0, 3.5, 5.0]), np.array([0.3, 1.0, 2.5, 3.0, 4.0])
+    assert METRICS["pearson"](scores, guesses) == pytest.approx(pearsonr(scores, guesses)[0])
+    assert METRICS["spearman"](scores, guesses) == pytest.approx(spearmanr(scores, guesses)[0]) == 1.0
+    assert set(score("mrpc", y, p)) == {"f1", "accuracy"} and set(score("stsb", scores, guesses)) == {
+        "pearson",
+        "spearman",
+    }
+    assert TASKS["cola"].metrics == ("matthews",) and TASKS["stsb"].is_regression
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(tmp_path_factory):
+    """A tiny model pretrained briefly on the synthetic corpus, fine-tuned on the synthetic pair task."""
+    root = tmp_path_factory.mktemp("downstream")
+    suite = tiny_suite(arms={"only": {}}, metrics=["heldout_ppl", "synthetic-pair.accuracy"])
+    # the quickstart's regime: ~700 small steps take a tiny model past the unigram plateau
+    suite["base"]["model"] = {"preset": "tiny", "max_len": 64}
+    suite["base"]["data"]["corpus"]["documents"] = 600
+    suite["base"]["train"].update({"steps": 700, "micro_batch_size": 32, "log_every": 50})
+    suite["base"]["eval"] = {
+        "heldout_sequences": 16,
+        "tasks": ["synthetic-pair"],
+        "finetune": {"epochs": 3, "lr": 3e-4, "max_train_examples": 3000, "max_eval_examples": 400, "seeds": [0, 1]},
+    }
+    path = root / "suite.yaml"
+    path.write_text(json.dumps(suite))
+    out = root / "results"
+    assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
+    return next(p for p in (out / "t").iterdir() if p.is_dir())
+
+
+def test_pretrained_tiny_model_beats_the_majority_baseline_on_the_pair_task(pretrained_run):
+    summary = RunRecord(pretrained_run).summary
+    result = summary["downstream"]["synthetic-pair"]
+    assert set(result["metrics"]["accuracy"]["seeds"]) == {"0", "1"}
+    baseline = result["majority_baseline"]["accuracy"]
+    assert 0.45 < baseline < 0.55
+    assert result["metrics"]["accuracy"]["median"] > baseline + 0.06, result
+    assert summary["metrics"]["synthetic-pair.accuracy"] == result["metrics"]["accuracy"]["median"]
+    # predictions are kept per seed, so the metric can be recomputed from them
+    folder = pretrained_run / "predictions" / "synthetic-pair"
+    again = accuracy_score(np.load(folder / "labels.npy"), np.load(folder / "seed-0.npy"))
+    assert again == result["metrics"]["accuracy"]["seeds"]["0"]
+
+
+def test_rerunning_eval_does_nothing_new(pretrained_run, capsys):
+    folder = pretrained_run / "predictions" / "synthetic-pair"
+    before = {p.name: p.stat().st_mtime_ns for p in folder.glob("seed-*.npy")}
+    assert main(["eval", str(pretrained_run)]) == 0
+    printed = capsys.readouterr().out
+    assert "fine-tuned" not in printed and "synthetic-pair: median accuracy" in printed
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("seed-*.npy")} == before
+
+
+def test_a_diverging_seed_is_recorded_and_left_out_of_the_median(pretrained_run, tmp_path):
+    config, model, tokenizer, specials = load_pretrained(pretrained_run)
+    eval_config = config.eval.model_copy(update={"task_overrides": {}})
+    wild = eval_config.finetune.model_copy(update={"lr": 1e30, "max_train_examples": 200, "seeds": [0, 1]})
+    config = RunConfig.model_validate(
+        {
+            **config.model_dump(mode="json"),
+            "eval": {**eval_config.model_dump(mode="json"), "finetune": wild.model_dump()},
+        }
+    )
+    result = evaluate_downstream(model, config, tokenizer, specials, torch.device("cpu"), tmp_path, log=lambda m: None)
+    entry = result["synthetic-pair"]
+    assert set(entry["diverged_seeds"]) == {"0", "1"}
+    assert entry["metrics"]["accuracy"]["seeds"] == {} and np.isnan(entry["metrics"]["accuracy"]["median"])
+    assert (tmp_path / "synthetic-pair" / "seed-0.diverged").is_file()
+
+
+def test_checkpoint_and_tokenizer_must_match(pretrained_run, tmp_path, capsys):
+    import shutil
+
+    from tokenizers import Tokenizer
+
+    copy = tmp_path / "run"
+    shutil.copytree(pretrained_run, copy)
+    other = Tokenizer.from_file(str(copy / "checkpoint" / "tokenizer.json"))
+    other.add_tokens(["an-extra-token"])
+    other.save(str(copy / "checkpoint" / "tokenizer.json"))
+    assert main(["eval", str(copy)]) == 2
+    assert "do not belong together" in capsys.readouterr().err
+
+
+def test_synthetic_pair_task_is_balanced_and_deterministic():
+    first, second = synthetic_pair_task(0, 400, 100), synthetic_pair_task(0, 400, 100)
+    assert first.train_a == second.train_a and np.array_equal(first.dev_labels, second.dev_labels)
+    assert 0.4 < first.train_labels.mean() < 0.6
+    assert majority_baseline("synthetic-pair", first)["accuracy"] == pytest.approx(
+        max(first.dev_labels.mean(), 1 - first.dev_labels.mean())
+    )
+
+
+def _glue_dir(tmp_path: Path, dev_rows: str, header: str = "sentence\tlabel") -> Path:
+    folder = tmp_path / "glue" / "SST-2"
+    folder.mkdir(parents=True)
+    (folder / "train.tsv").write_text(f"{header}\ngood film .\t1\nbad film .\t0\n")
+    (folder / "dev.tsv").write_text(f"{header}\n{dev_rows}")
+    return tmp_path / "glue"
+
+
+def test_broken_task_directories_fail_clearly(tmp_path, write_suite, capsys):
+    with pytest.raises(TaskDataError, match="no column sentence"):
+        load_glue_task(TASKS["sst2"], str(_glue_dir(tmp_path / "a", "nice .\t1\n", header="text\tlabel")))
+    with pytest.raises(TaskDataError, match=r"labels '2' are outside the label set \['0', '1'\]"):
+        load_glue_task(TASKS["sst2"], str(_glue_dir(tmp_path / "b", "nice .\t2\n")))
+
+    missing = tmp_path / "c" / "glue"
+    (missing / "SST-2").mkdir(parents=True)
+    (missing / "SST-2" / "train.tsv").write_text("sentence\tlabel\nok .\t1\n")
+    suite = tiny_suite()
+    suite["base"]["eval"].update({"tasks": ["sst2"], "glue_dir": str(missing)})
+    assert main(["run", str(write_suite(suite)), "--out", str(tmp_path / "r")]) == 2
+    assert "dev.tsv not found" in capsys.readouterr().err
+
+    # a bad column is found before any training, and nothing is written
+    suite["base"]["eval"]["glue_dir"] = str(_glue_dir(tmp_path / "d", "nice .\t1\n", header="text\tlabel"))
+    assert main(["run", str(write_suite(suite, "bad-column.yaml")), "--out", str(tmp_path / "r2")]) == 2
+    assert "no column sentence" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()
+
+
+@pytest.mark.skipif(not (SHARED_GLUE / "SST-2" / "dev.tsv").is_file(), reason="../shared/data/glue is not present")
+@pytest.mark.parametrize("task,dev_rows", [("sst2", 872), ("rte", 277), ("mrpc", 408), ("cola", 1043), ("stsb", 1500)])
+def test_real_glue_files_load_with_their_layouts(task, dev_rows):
+    data = load_glue_task(TASKS[task], str(SHARED_GLUE))
+    assert len(data.dev_a) == len(data.dev_labels) == dev_rows
+    assert (data.dev_b is not None) == TASKS[task].is_pair
+    assert all(data.dev_a[:20])
