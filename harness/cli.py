@@ -55,12 +55,14 @@ def check_task_data(suite: Suite) -> None:
     for run in suite.runs:
         for task in run.config.eval.tasks:
             protocol = run.config.eval.finetune_for(task)
-            key = (task, run.config.eval.glue_dir, protocol.max_train_examples, protocol.max_eval_examples)
+            dev_split = run.config.eval.dev_splits.get(task)
+            key = (task, run.config.eval.glue_dir, protocol.max_train_examples, protocol.max_eval_examples, dev_split)
             if key in checked or task.startswith("synthetic-"):
                 continue
             checked.add(key)
             try:
-                load_task(task, run.config.eval.glue_dir, 0, protocol.max_train_examples, protocol.max_eval_examples)
+                load_task(task, run.config.eval.glue_dir, 0, protocol.max_train_examples, protocol.max_eval_examples,
+                          dev_split)  # fmt: skip
             except TaskDataError as err:
                 raise ConfigError(str(suite.path), f"eval.tasks ({task})", str(err)) from None
 

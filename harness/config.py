@@ -267,6 +267,11 @@ class EvalConfig(Schema):
         None, description="Local GLUE download (TSV layout: SST-2/train.tsv, ...); unset: the hub (nyu-mll/glue)."
     )
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Fine-tuning protocol (all tasks).")
+    dev_splits: dict[str, str] = Field(
+        default_factory=dict,
+        description="Task name -> split scored instead of the default dev split: a file stem under glue_dir "
+        "(e.g. dev_mismatched), or a hub split name.",
+    )
     task_overrides: dict[str, FinetuneOverride] = Field(
         default_factory=dict, description="Task name -> changes to the shared fine-tuning protocol for that task."
     )
@@ -275,7 +280,7 @@ class EvalConfig(Schema):
     def _known_tasks_with_files(self) -> EvalConfig:
         from harness.tasks import TASKS
 
-        for name in [*self.tasks, *self.task_overrides]:
+        for name in [*self.tasks, *self.task_overrides, *self.dev_splits]:
             if name not in TASKS:
                 raise ValueError(f"unknown task {name!r} (expected one of: {', '.join(TASKS)})")
         if self.glue_dir is not None:
@@ -283,7 +288,7 @@ class EvalConfig(Schema):
                 spec = TASKS[name]
                 if spec.glue_dir is None:
                     continue
-                for split in (spec.train_split, spec.dev_split):
+                for split in (spec.train_split, self.dev_splits.get(name, spec.dev_split)):
                     path = Path(self.glue_dir) / spec.glue_dir / f"{split}.tsv"
                     if not path.is_file():
                         raise ValueError(f"task {name}: {path} not found (glue_dir must hold GLUE's TSV layout)")

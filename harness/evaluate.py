@@ -186,7 +186,7 @@ def evaluate_downstream(
         spec = TASKS[name]
         protocol = config.eval.finetune_for(name)
         data = load_task(name, config.eval.glue_dir, synthetic_seed, protocol.max_train_examples,
-                         protocol.max_eval_examples)  # fmt: skip
+                         protocol.max_eval_examples, config.eval.dev_splits.get(name))  # fmt: skip
         folder = predictions_dir / name
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / "labels.npy", data.dev_labels)
@@ -224,6 +224,7 @@ def evaluate_downstream(
             "train_examples": len(data.train_a),
             "dev_examples": len(data.dev_a),
             "protocol": protocol.model_dump(mode="json"),
+            "dev_split": config.eval.dev_splits.get(name, spec.dev_split),
         }
     return results
 

@@ -10,7 +10,7 @@ import csv
 import os
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -160,8 +160,11 @@ def _labels_to_array(raw: list[str], spec: TaskSpec, where: str) -> np.ndarray:
     return np.asarray([index[x] for x in raw], dtype=np.int64)
 
 
-def load_glue_task(spec: TaskSpec, glue_dir: str | None) -> TaskData:
-    """From `glue_dir` (GLUE's TSV layout) when given, else from the hub."""
+def load_glue_task(spec: TaskSpec, glue_dir: str | None, dev_split: str | None = None) -> TaskData:
+    """From `glue_dir` (GLUE's TSV layout) when given, else from the hub; `dev_split` replaces the
+    task's default dev split (a file stem locally, a split name on the hub)."""
+    if dev_split is not None:
+        spec = replace(spec, dev_split=dev_split, hub_dev_split=dev_split)
     if glue_dir is not None:
         folder = Path(glue_dir) / spec.glue_dir
         splits = {}
@@ -234,14 +237,19 @@ def synthetic_topic_task(seed: int, train_examples: int, dev_examples: int) -> T
 
 
 def load_task(
-    name: str, glue_dir: str | None, synthetic_seed: int, train_cap: int | None, dev_cap: int | None
+    name: str,
+    glue_dir: str | None,
+    synthetic_seed: int,
+    train_cap: int | None,
+    dev_cap: int | None,
+    dev_split: str | None = None,
 ) -> TaskData:
     spec = TASKS[name]
     if name == "synthetic-topic":
         return synthetic_topic_task(synthetic_seed, train_cap or 2000, dev_cap or 500)
     if name == "synthetic-pair":
         return synthetic_pair_task(synthetic_seed, train_cap or 2000, dev_cap or 500)
-    data = load_glue_task(spec, glue_dir)
+    data = load_glue_task(spec, glue_dir, dev_split)
     return cap(data, train_cap, dev_cap, seed=0)
 
 

@@ -151,6 +151,17 @@ def test_broken_task_directories_fail_clearly(tmp_path, write_suite, capsys):
     assert not (tmp_path / "r2").exists()
 
 
+def test_a_chosen_dev_split_is_scored(tmp_path, write_suite, capsys):
+    glue = _glue_dir(tmp_path, "nice .\t1\n")
+    (glue / "SST-2" / "test_labelled.tsv").write_text("sentence\tlabel\nfine .\t1\nawful .\t0\nok .\t1\n")
+    data = load_glue_task(TASKS["sst2"], str(glue), dev_split="test_labelled")
+    assert data.dev_a == ["fine .", "awful .", "ok ."]
+    suite = tiny_suite()
+    suite["base"]["eval"].update({"tasks": ["sst2"], "glue_dir": str(glue), "dev_splits": {"sst2": "nope"}})
+    assert main(["run", str(write_suite(suite)), "--out", str(tmp_path / "r")]) == 2
+    assert "nope.tsv not found" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not (SHARED_GLUE / "SST-2" / "dev.tsv").is_file(), reason="../shared/data/glue is not present")
 @pytest.mark.parametrize("task,dev_rows", [("sst2", 872), ("rte", 277), ("mrpc", 408), ("cola", 1043), ("stsb", 1500)])
 def test_real_glue_files_load_with_their_layouts(task, dev_rows):
