@@ -37,9 +37,8 @@ def suite_table(suite: Suite, out_root: Path) -> str:
     """One row per arm: runs done, then each suite metric as mean ± std over seeds."""
     metrics = suite.spec.metrics
     rows = []
-    for arm in dict.fromkeys(r.arm for r in suite.runs):
-        runs = [r for r in suite.runs if r.arm == arm]
-        summaries = [RunRecord(out_root / suite.name / r.run_id).summary for r in runs]
+    for arm, runs in suite.by_arm().items():
+        summaries = [RunRecord(suite.run_dir(out_root, r)).summary for r in runs]
         done = [s for s in summaries if s]
         cells = [_mean_spread([s["metrics"][m] for s in done if m in s["metrics"]]) for m in metrics]
         rows.append([arm, f"{len(done)}/{len(runs)}", *cells])
@@ -49,20 +48,18 @@ def suite_table(suite: Suite, out_root: Path) -> str:
 def check_task_data(suite: Suite) -> None:
     """Load every downstream task the suite names once, before any training: missing files or
     columns and labels outside the label set stop the command here, not after hours of pretraining."""
-    from harness.tasks import TaskDataError, load_task
+    from harness.evaluate import task_data_for
+    from harness.tasks import TaskDataError
 
     checked = set()
     for run in suite.runs:
         for task in run.config.eval.tasks:
-            protocol = run.config.eval.finetune_for(task)
-            dev_split = run.config.eval.dev_splits.get(task)
-            key = (task, run.config.eval.glue_dir, protocol.max_train_examples, protocol.max_eval_examples, dev_split)
+            key = (task, run.config.eval.model_dump_json())
             if key in checked or task.startswith("synthetic-"):
                 continue
             checked.add(key)
             try:
-                load_task(task, run.config.eval.glue_dir, 0, protocol.max_train_examples, protocol.max_eval_examples,
-                          dev_split)  # fmt: skip
+                task_data_for(run.config, task)
             except TaskDataError as err:
                 raise ConfigError(str(suite.path), f"eval.tasks ({task})", str(err)) from None
 
@@ -75,13 +72,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         rows = []
         for run in suite.runs:
-            state = "done" if RunRecord(out_root / suite.name / run.run_id).is_done() else "to run"
+            state = "done" if RunRecord(suite.run_dir(out_root, run)).is_done() else "to run"
             rows.append([run.arm, str(run.seed), run.run_id, state])
         print(_format_table(["arm", "seed", "run-id", "state"], rows))
-        for arm in dict.fromkeys(r.arm for r in suite.runs):
-            config = next(r.config for r in suite.runs if r.arm == arm)
+        for arm, runs in suite.by_arm().items():
             print(f"\n[{arm}] resolved config (seed varies):")
-            print(json.dumps(config.model_dump(mode="json"), indent=2))
+            print(json.dumps(runs[0].config.model_dump(mode="json"), indent=2))
         return 0
 
     import torch  # imported late: `--dry-run` and bad-input errors stay fast
@@ -95,11 +91,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cache = StageCache(out_root / "_cache")
     for run in suite.runs:  # the whole suite is visible (`harness ls`) before the first run starts
-        RunRecord(out_root / suite.name / run.run_id).register(run.header, run.config.model_dump(mode="json"))
+        RunRecord(suite.run_dir(out_root, run)).register(run.header, run.config.model_dump(mode="json"))
     skipped = trained = 0
     failed: list[str] = []
     for number, run in enumerate(suite.runs, 1):
-        run_dir = out_root / suite.name / run.run_id
+        run_dir = suite.run_dir(out_root, run)
         label = f"[{number}/{total}] {run.arm} seed={run.seed} ({run.run_id})"
         if RunRecord(run_dir).is_done():
             print(f"{label}: already done, skipped")
@@ -164,8 +160,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     cache = StageCache(Path(args.out) / "_cache")
     report = {}
-    for arm in dict.fromkeys(r.arm for r in suite.runs):
-        config = next(r.config for r in suite.runs if r.arm == arm)
+    for arm, runs in suite.by_arm().items():
+        config = runs[0].config
         try:
             data = prepare_data(config.data, cache, config.eval.heldout_sequences)
             report[arm] = data_statistics(data, config, epochs=args.epochs)

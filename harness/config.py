@@ -118,6 +118,10 @@ class HubCorpus(Schema):
 
 
 CorpusConfig = Annotated[SyntheticCorpus | FilesCorpus | HubCorpus, Field(discriminator="source")]
+# source name -> schema; pydantic puts the name of the matched variant into error locations
+CORPUS_VARIANTS = {
+    c.model_fields["source"].annotation.__args__[0]: c for c in (SyntheticCorpus, FilesCorpus, HubCorpus)
+}
 
 
 class TokenizerConfig(Schema):
@@ -417,8 +421,7 @@ def _fields_at(loc: tuple[Any, ...]) -> dict[str, Any] | None:
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             # a discriminated union member name (e.g. 'files') sits between field names in the loc
-            candidates = {"synthetic": SyntheticCorpus, "files": FilesCorpus, "hub": HubCorpus}
-            model = candidates.get(part, model)
+            model = CORPUS_VARIANTS.get(part, model)
             continue
         annotation = field.annotation
         args = getattr(annotation, "__args__", ())
@@ -435,7 +438,7 @@ def validate_run_config(raw: dict[str, Any], source: str) -> RunConfig:
         return RunConfig.model_validate(expand_presets(raw))
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = tuple(p for p in err["loc"] if p not in ("synthetic", "files", "hub") or len(err["loc"]) == 1)
+        loc = tuple(p for p in err["loc"] if p not in CORPUS_VARIANTS or len(err["loc"]) == 1)
         path = ".".join(str(p) for p in loc)
         raise ConfigError(source, path, _describe(err, _fields_at(tuple(err["loc"])))) from None
 

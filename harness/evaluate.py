@@ -165,6 +165,15 @@ def finetune_task(
     return FinetuneResult(torch.cat(predictions).cpu().numpy(), None)
 
 
+def task_data_for(config: RunConfig, name: str) -> TaskData:
+    """The task's data as the run's eval config asks: source, caps and dev split."""
+    protocol = config.eval.finetune_for(name)
+    return load_task(
+        name, config.eval.glue_dir, getattr(config.data.corpus, "seed", 0), protocol.max_train_examples,
+        protocol.max_eval_examples, config.eval.dev_splits.get(name),
+    )  # fmt: skip
+
+
 def evaluate_downstream(
     pretrained: PretrainingModel,
     config: RunConfig,
@@ -181,12 +190,10 @@ def evaluate_downstream(
     any metric can be recomputed; a seed whose loss went NaN is kept as diverged and left out of
     the median, with the count shown."""
     results: dict[str, dict] = {}
-    synthetic_seed = getattr(config.data.corpus, "seed", 0)
     for name in tasks if tasks is not None else config.eval.tasks:
         spec = TASKS[name]
         protocol = config.eval.finetune_for(name)
-        data = load_task(name, config.eval.glue_dir, synthetic_seed, protocol.max_train_examples,
-                         protocol.max_eval_examples, config.eval.dev_splits.get(name))  # fmt: skip
+        data = task_data_for(config, name)
         folder = predictions_dir / name
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / "labels.npy", data.dev_labels)

@@ -7,6 +7,7 @@ file and the key path.
 
 from __future__ import annotations
 
+import functools
 import re
 import typing
 from dataclasses import dataclass
@@ -68,11 +69,26 @@ class Suite:
     def name(self) -> str:
         return self.spec.name
 
+    def by_arm(self) -> dict[str, list[Run]]:
+        """The runs of each arm, arms in suite order."""
+        grouped: dict[str, list[Run]] = {}
+        for run in self.runs:
+            grouped.setdefault(run.arm, []).append(run)
+        return grouped
+
+    def run_dir(self, out_root: Path, run: Run) -> Path:
+        return Path(out_root) / self.name / run.run_id
+
+
+@functools.cache
+def _run_schema_tree() -> dict[str, Any]:
+    return _schema_tree(RunConfig)
+
 
 def _check_override_keys(override: dict[str, Any], source: str, path: str) -> None:
     """Reject keys the run schema lacks, naming the arm's own key path (a merged config would only
     say 'unknown key' without saying which arm wrote it)."""
-    _walk(override, _schema_tree(RunConfig), source, path)
+    _walk(override, _run_schema_tree(), source, path)
 
 
 ANY_KEY = "*"

@@ -16,8 +16,8 @@ from harness.data.cache import StageCache
 from harness.data.formats import FORMATS, NO_PAIR, NOT_NEXT, full_sentences
 from harness.data.masking import IGNORE, mask_sequence, random_ordinary_tokens
 from harness.data.pipeline import prepare_data
-from harness.data.sentences import split_sentences
-from harness.data.sources import DataSourceError, load_documents
+from harness.data.sentences import split_document
+from harness.data.sources import DataSourceError, iter_documents
 from harness.data.synthetic import generate_corpus, generate_topic_task, make_world
 from harness.data.tokenizer import SpecialTokens, TokenizedCorpus
 
@@ -190,7 +190,7 @@ def test_synthetic_corpus_is_deterministic_and_entities_recur():
 
 def test_sentence_splitter_keeps_synthetic_sentences():
     doc = generate_corpus(1, seed=0)[0]
-    assert split_sentences([doc.text]) == [list(doc.sentences)]
+    assert split_document(doc.text) == list(doc.sentences)
 
 
 # -------------------------------------------------------------------------------------- sources
@@ -199,33 +199,33 @@ def test_sentence_splitter_keeps_synthetic_sentences():
 def test_local_text_jsonl_and_parquet_sources(tmp_path):
     text = tmp_path / "c.txt"
     text.write_text("First doc. Still first.\nSecond line of first.\n\nSecond doc here.\n")
-    assert load_documents(FilesCorpus(source="files", paths=[str(text)])) == [
+    assert list(iter_documents(FilesCorpus(source="files", paths=[str(text)]))) == [
         "First doc. Still first.\nSecond line of first.",
         "Second doc here.",
     ]
     per_line = FilesCorpus(source="files", paths=[str(text)], text_layout="document_per_line")
-    assert len(load_documents(per_line)) == 3
+    assert len(list(iter_documents(per_line))) == 3
     jsonl = tmp_path / "c.jsonl"
     jsonl.write_text("\n".join(json.dumps({"body": t}) for t in ["Alpha doc.", "Beta doc."]) + "\n")
-    assert load_documents(FilesCorpus(source="files", paths=[str(jsonl)], text_field="body")) == [
+    assert list(iter_documents(FilesCorpus(source="files", paths=[str(jsonl)], text_field="body"))) == [
         "Alpha doc.",
         "Beta doc.",
     ]
     with pytest.raises(DataSourceError, match="no field 'text'"):
-        load_documents(FilesCorpus(source="files", paths=[str(jsonl)]))
+        list(iter_documents(FilesCorpus(source="files", paths=[str(jsonl)])))
     import pandas as pd
 
     parquet = tmp_path / "c.parquet"
     pd.DataFrame({"text": ["Gamma doc.", "Delta doc."]}).to_parquet(parquet)
-    assert load_documents(FilesCorpus(source="files", paths=[str(parquet)])) == ["Gamma doc.", "Delta doc."]
+    assert list(iter_documents(FilesCorpus(source="files", paths=[str(parquet)]))) == ["Gamma doc.", "Delta doc."]
 
 
 def test_hub_source_offline_fails_with_a_clear_message(tmp_path):
     code = (
         "from harness.config import HubCorpus\n"
-        "from harness.data.sources import load_documents, DataSourceError\n"
+        "from harness.data.sources import iter_documents, DataSourceError\n"
         "try:\n"
-        "    load_documents(HubCorpus(source='hub', name='Salesforce/wikitext', config='wikitext-103-raw-v1'))\n"
+        "    list(iter_documents(HubCorpus(source='hub', name='Salesforce/wikitext', config='wikitext-103-raw-v1')))\n"
         "except DataSourceError as e:\n"
         "    print('ERR', e)\n"
     )
@@ -238,8 +238,9 @@ def test_hub_source_offline_fails_with_a_clear_message(tmp_path):
 def test_empty_corpus_is_an_error(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
+    config = DataConfig(corpus=FilesCorpus(source="files", paths=[str(empty)]))
     with pytest.raises(DataSourceError, match="no non-empty document"):
-        load_documents(FilesCorpus(source="files", paths=[str(empty)]))
+        prepare_data(config, StageCache(tmp_path / "cache"), heldout_sequences=4)
     assert HubCorpus(source="hub", name="x").split == "train"
 
 

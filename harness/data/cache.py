@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -68,6 +69,7 @@ class StageCache:
             build(work)
             cost = {"build_s": round(time.perf_counter() - started, 2), "peak_rss_mb": peak_rss_mb()}
             (work / "build.json").write_text(json.dumps(cost))
+            print(f"  data: built {stage} in {cost['build_s']:.1f}s", file=sys.stderr, flush=True)
             (work / "inputs.json").write_text(json.dumps({"stage": stage, **inputs}, indent=2, default=str))
             try:
                 os.rename(work, final)

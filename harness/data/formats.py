@@ -93,8 +93,7 @@ Piece = tuple[np.ndarray, np.ndarray, int]
 
 
 class SequenceWriter:
-    def __init__(self, specials: SpecialTokens) -> None:
-        self.specials = specials
+    def __init__(self) -> None:
         self.tokens = _Growable(np.int32)
         self.types = _Growable(np.int8)
         self.word_starts = _Growable(np.uint8)
@@ -130,16 +129,17 @@ class SequenceWriter:
         )
 
 
-def _slice(corpus: TokenizedCorpus, first_sentence: int, end_sentence: int, segment: int = 0) -> Piece:
+def _slice(corpus: TokenizedCorpus, first_sentence: int, end_sentence: int) -> Piece:
+    """Sentences [first, end) of the corpus as one segment-0 piece (a contiguous slice)."""
     start, end = corpus.sent_offsets[first_sentence], corpus.sent_offsets[end_sentence]
-    return corpus.tokens[start:end], corpus.word_starts[start:end], segment
+    return corpus.tokens[start:end], corpus.word_starts[start:end], 0
 
 
 def _pack_sentences(
     corpus: TokenizedCorpus, specials: SpecialTokens, max_seq_len: int, cross_documents: bool
 ) -> Sequences:
     capacity = max_seq_len - 2  # room left by <cls> ... <sep>
-    out = SequenceWriter(specials)
+    out = SequenceWriter()
     pieces: list[Piece] = []
     used = 0
     documents_in_buffer: set[int] = set()
@@ -199,6 +199,14 @@ def _truncate_pair(len_a: int, len_b: int, max_tokens: int, rng: random.Random) 
     return a, b
 
 
+def _pair_room(specials: SpecialTokens, max_seq_len: int) -> int:
+    """Tokens left for A + B once <cls>, the pair separator and the final <sep> are placed."""
+    room = max_seq_len - 2 - len(specials.pair_separator)
+    if room < 2:
+        raise ValueError(f"max_seq_len {max_seq_len} leaves no room for two segments")
+    return room
+
+
 def _random_other_document(corpus: TokenizedCorpus, current: int, rng: random.Random) -> int:
     if corpus.num_documents < 2:
         raise ValueError("pair formats need at least two documents for random (NotNext) segments")
@@ -228,10 +236,8 @@ def segment_pair(
     continuation with p=0.5, else a run of sentences from another document (one deliberate
     difference, for one-sentence chunks, keeps the positive rate at 0.5)."""
     rng = random.Random(seed)
-    max_tokens = max_seq_len - 2 - len(specials.pair_separator)
-    if max_tokens < 2:
-        raise ValueError(f"max_seq_len {max_seq_len} leaves no room for two segments")
-    out = SequenceWriter(specials)
+    max_tokens = _pair_room(specials, max_seq_len)
+    out = SequenceWriter()
     offsets = corpus.sent_offsets
     for d in range(corpus.num_documents):
         first, last = int(corpus.doc_offsets[d]), int(corpus.doc_offsets[d + 1])
@@ -280,10 +286,8 @@ def sentence_pair(
     document. Only sentences that have a next one start a pair, so either label is always possible
     and the positive rate is 0.5 (a forced NotNext for last sentences would tilt it)."""
     rng = random.Random(seed)
-    max_tokens = max_seq_len - 2 - len(specials.pair_separator)
-    if max_tokens < 2:
-        raise ValueError(f"max_seq_len {max_seq_len} leaves no room for two segments")
-    out = SequenceWriter(specials)
+    max_tokens = _pair_room(specials, max_seq_len)
+    out = SequenceWriter()
     for d in range(corpus.num_documents):
         first, last = int(corpus.doc_offsets[d]), int(corpus.doc_offsets[d + 1])
         i = first

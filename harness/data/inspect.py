@@ -36,35 +36,26 @@ def data_statistics(
     rng = np.random.default_rng(0)
     picked = rng.choice(len(sequences), size=min(sample, len(sequences)), replace=False)
 
+    def mask_at(index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        ids, _, _ = sequences[index]
+        return mask_sequence(ids, specials, data.vocab_size, masking, config.train.seed, epoch, index,
+                             sequences.word_starts_of(index))  # fmt: skip
+
     # the mask over a sample of sequences, as served in epoch 0
-    maskable = masked = as_mask = as_random = 0
+    maskable = masked = as_mask = as_random = masked_specials = 0
     for index in picked:
         ids, _, _ = sequences[index]
-        word_starts = sequences.word_starts_of(index) if masking.whole_word else None
-        inputs, labels = mask_sequence(
-            ids, specials, data.vocab_size, masking, config.train.seed, 0, index, word_starts
-        )
+        inputs, labels = mask_at(index, 0)
         predicted = labels != IGNORE
-        maskable += int((~np.isin(ids, specials.ids)).sum())
+        special = np.isin(ids, specials.ids)
+        maskable += int((~special).sum())
         masked += int(predicted.sum())
-        as_mask += int((inputs[predicted] == specials.mask).sum())
-        as_random += int((inputs[predicted] != labels[predicted]).sum() - (inputs[predicted] == specials.mask).sum())
-    masked_specials = 0  # checked, not assumed
-    for index in picked[:200]:
-        ids, _, _ = sequences[index]
-        _, labels = mask_sequence(ids, specials, data.vocab_size, masking, config.train.seed, 0, index,
-                                  sequences.word_starts_of(index))  # fmt: skip
-        masked_specials += int(np.isin(ids[labels != IGNORE], specials.ids).sum())
+        masked_specials += int((predicted & special).sum())  # checked, not assumed
+        replaced = inputs[predicted]
+        as_mask += int((replaced == specials.mask).sum())
+        as_random += int(((replaced != specials.mask) & (replaced != labels[predicted])).sum())
 
-    distinct = []
-    for index in picked[:50]:
-        ids, _, _ = sequences[index]
-        seen = {
-            mask_sequence(ids, specials, data.vocab_size, masking, config.train.seed, epoch, index,
-                          sequences.word_starts_of(index))[1].tobytes()
-            for epoch in range(epochs)
-        }  # fmt: skip
-        distinct.append(len(seen))
+    distinct = [len({mask_at(int(index), epoch)[1].tobytes() for epoch in range(epochs)}) for index in picked[:50]]
 
     # steps as the trainer would get them
     batches = PretrainingBatches(
@@ -85,9 +76,8 @@ def data_statistics(
     unknown = int(np.count_nonzero(np.asarray(corpus.tokens) == specials.unk))
     sentence_stats = data.stats("sentences").get("train", {})
     example_index = int(picked[0])
-    ids, types, nsp = sequences[example_index]
-    inputs, _ = mask_sequence(ids, specials, data.vocab_size, masking, config.train.seed, 0, example_index,
-                              sequences.word_starts_of(example_index))  # fmt: skip
+    _, types, nsp = sequences[example_index]
+    inputs, _ = mask_at(example_index, 0)
     stage_costs = {}
     for stage, directory in data.stage_dirs.items():
         cost = directory / "build.json"

@@ -12,8 +12,6 @@ sequences once per seed.
 from __future__ import annotations
 
 import json
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -25,7 +23,7 @@ from tokenizers import Tokenizer
 from harness.config import DataConfig, FilesCorpus
 from harness.data.cache import StageCache
 from harness.data.formats import FORMATS, Sequences
-from harness.data.sentences import split_sentences
+from harness.data.sentences import split_document
 from harness.data.sources import DataSourceError, describe, iter_documents
 from harness.data.tokenizer import (
     SpecialTokens,
@@ -85,10 +83,6 @@ def _iter_jsonl(path: Path) -> Iterator[Any]:
             yield json.loads(line)
 
 
-def _note(message: str) -> None:
-    print(f"  data: {message}", file=sys.stderr, flush=True)
-
-
 def prepare_data(config: DataConfig, cache: StageCache, heldout_sequences: int) -> PreparedData:
     keys: dict[str, str] = {}
     dirs: dict[str, Path] = {}
@@ -124,7 +118,7 @@ def prepare_data(config: DataConfig, cache: StageCache, heldout_sequences: int) 
             kept = dropped = sentences = 0
             with (out / f"{split}.jsonl").open("w") as f:
                 for document in _iter_jsonl(dirs["documents"] / f"{split}.jsonl"):
-                    split_doc = split_sentences([document])[0]
+                    split_doc = split_document(document)
                     if not split_doc:
                         dropped += 1  # e.g. only markup or whitespace: nothing to train on
                         continue
@@ -144,10 +138,8 @@ def prepare_data(config: DataConfig, cache: StageCache, heldout_sequences: int) 
     keys["sentences"], dirs["sentences"] = cache.get_or_build("sentences", splitter, build_sentences)
 
     def build_tokenizer(out: Path) -> None:
-        started = time.perf_counter()
         sentences = (s for doc in _iter_jsonl(dirs["sentences"] / "train.jsonl") for s in doc)
         train_tokenizer(sentences, config.tokenizer, out)
-        _note(f"trained {config.tokenizer.kind} tokenizer in {time.perf_counter() - started:.1f}s")
 
     tok_inputs = {
         "sentences": keys["sentences"],

@@ -36,13 +36,6 @@ def iter_documents(corpus: SyntheticCorpus | FilesCorpus | HubCorpus) -> Iterato
                 return
 
 
-def load_documents(corpus: SyntheticCorpus | FilesCorpus | HubCorpus) -> list[str]:
-    documents = list(iter_documents(corpus))
-    if not documents:
-        raise DataSourceError(f"corpus {describe(corpus)} has no non-empty document")
-    return documents
-
-
 def describe(corpus: SyntheticCorpus | FilesCorpus | HubCorpus) -> str:
     if isinstance(corpus, FilesCorpus):
         return ", ".join(corpus.paths)
