@@ -1,4 +1,4 @@
-"""`harness run | data | eval | ls`: the command line. Exit status 2 for bad input, 1 when any run failed."""
+"""`harness run | data | eval | report | ls`: the command line. Exit status 2 for bad input, 1 when any run failed."""
 
 from __future__ import annotations
 
@@ -86,6 +86,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.runner import execute_run
 
     check_task_data(suite)
+    from harness.results import write_manifest
+
+    write_manifest(out_root / suite.name, suite, args.set or [])
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device", "device", "cuda requested but no CUDA device is available")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -119,9 +122,53 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"all {skipped} run(s) were already done: nothing trained")
     print()
     print(suite_table(suite, out_root))
+    if not args.no_report:
+        _report_after_run(args, out_root)
     if failed:
         print(f"\n{len(failed)} run(s) failed: {', '.join(failed)} (see status.json in each)", file=sys.stderr)
         return 1
+    return 0
+
+
+def _report_after_run(args: argparse.Namespace, out_root: Path) -> None:
+    """The suite's report, every arm (also those not run this time); a report that cannot be
+    written is an error message, never a failed run."""
+    from harness.report import build_report, default_report_dir
+    from harness.results import load_results, source_from_suite
+
+    try:
+        source = source_from_suite(load_suite(args.suite, overrides=args.set or []), out_root)
+        out_dir = Path(args.report_out) if args.report_out else default_report_dir([source])
+        output = build_report(load_results([source]), out_dir)
+    except Exception as err:  # the runs are safe on disk; `harness report` can retry
+        print(f"report not written: {type(err).__name__}: {err}", file=sys.stderr)
+        return
+    print(f"\nreport: {output.directory / 'report.md'} (and report.html)")
+    for problem in output.problems:
+        print(f"  problem: {problem}", file=sys.stderr)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import build_report, default_report_dir
+    from harness.results import load_results, resolve_sources
+
+    problems: list[str] = []
+    sources = resolve_sources(args.source, Path(args.results), args.set or [], problems)
+    results = load_results(sources, problems)
+    if not len(results.runs):
+        for problem in results.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        if not results.problems:
+            print(f"error: no runs found for {', '.join(args.source)}", file=sys.stderr)
+        return 2
+    try:
+        output = build_report(results, Path(args.out) if args.out else default_report_dir(sources), args.baseline)
+    except ValueError as err:
+        raise ConfigError("--baseline", "baseline", str(err)) from None
+    done = int((results.runs["state"] == "done").sum())
+    print(f"{len(results.runs)} run(s), {done} finished -> {output.directory / 'report.md'} (and report.html)")
+    for problem in output.problems:
+        print(f"problem: {problem}", file=sys.stderr)
     return 0
 
 
@@ -224,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
     run.add_argument("--dry-run", action="store_true", help="print the resolved runs and configs; train nothing")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-report", action="store_true", help="do not write the suite's report at the end")
+    run.add_argument("--report-out", help="report directory (default: reports/<suite> beside the results root)")
     run.set_defaults(func=cmd_run)
 
     data = sub.add_parser("data", help="build (or load) each arm's data and print what to check about it")
@@ -240,6 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--task", action="append", help="only this task (repeatable; default: the run's eval.tasks)")
     evaluate.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
     evaluate.set_defaults(func=cmd_eval)
+
+    report = sub.add_parser("report", help="tables, statistics, figures and report.md/.html comparing a suite's arms")
+    report.add_argument("source", nargs="+", help="suite YAML file(s) or results director(ies); several are compared")
+    report.add_argument("--out", help="report directory (default: reports/<suite> beside the results root)")
+    report.add_argument("--baseline", help="compare every arm with this one (default: the suite's comparisons)")
+    report.add_argument("--results", default=DEFAULT_OUT, help="results root for suite files (default: results)")
+    report.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="the overrides the suite ran with")
+    report.set_defaults(func=cmd_report)
 
     ls = sub.add_parser("ls", help="list runs with their status and headline metric")
     ls.add_argument("dir", nargs="?", default=DEFAULT_OUT, help="results root or one suite's directory")

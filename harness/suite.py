@@ -30,6 +30,18 @@ from harness.config import (
 )
 
 
+class PaperRef(Schema):
+    table: str = Field(description="Table id in ablations/paper/*.yaml, e.g. roberta-table1.")
+    arm: str = Field(description="The table's row that corresponds to the compared arm.")
+    baseline: str = Field(description="The table's row that corresponds to the baseline arm.")
+
+
+class ComparisonSpec(Schema):
+    arm: str = Field(description="Arm compared.")
+    baseline: str = Field(description="Arm it is compared against.")
+    paper: PaperRef | None = Field(None, description="The paper's rows for the same two settings, if any.")
+
+
 class SuiteSpec(Schema):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Suite name; results go to <out>/<name>/.")
     description: str = Field("", description="What the suite asks.")
@@ -40,6 +52,17 @@ class SuiteSpec(Schema):
         default_factory=lambda: ["heldout_ppl"], min_length=1, description="Metrics to report; the first is headline."
     )
     baseline: str | None = Field(None, description="Arm the others are compared with (default: the first).")
+    comparisons: list[ComparisonSpec] = Field(
+        default_factory=list, description="Pairs of arms to compare (default: every arm against the baseline)."
+    )
+
+    def comparison_list(self, baseline: str | None = None) -> list[ComparisonSpec]:
+        """The comparisons a report makes: every arm against `baseline` when one is given, else the
+        suite's own list, else every arm against the suite's baseline (default: the first arm)."""
+        if baseline is None and self.comparisons:
+            return list(self.comparisons)
+        reference = baseline or self.baseline or next(iter(self.arms))
+        return [ComparisonSpec(arm=arm, baseline=reference) for arm in self.arms if arm != reference]
 
 
 @dataclass(frozen=True)
@@ -150,6 +173,34 @@ def _check_train_section(override: dict[str, Any], source: str, prefix: str) -> 
         raise ConfigError(source, f"{prefix}train.seed", "the seed comes from the suite's `seeds` list; set it there")
 
 
+def _check_comparisons(spec: SuiteSpec, source: str) -> None:
+    from harness.paper import load_paper_tables
+
+    for index, comparison in enumerate(spec.comparisons):
+        where = f"comparisons.{index}"
+        for side in ("arm", "baseline"):
+            if getattr(comparison, side) not in spec.arms:
+                raise ConfigError(source, f"{where}.{side}", f"no arm named {getattr(comparison, side)!r}")
+        if comparison.arm == comparison.baseline:
+            raise ConfigError(source, where, "an arm compared with itself")
+        ref = comparison.paper
+        if ref is None:
+            continue
+        tables = load_paper_tables()
+        if ref.table not in tables:
+            raise ConfigError(
+                source, f"{where}.paper.table", f"unknown table {ref.table!r} (have: {', '.join(tables)})"
+            )
+        rows = tables[ref.table][1].rows
+        for side in ("arm", "baseline"):
+            if getattr(ref, side) not in rows:
+                raise ConfigError(
+                    source,
+                    f"{where}.paper.{side}",
+                    f"{ref.table} has no row {getattr(ref, side)!r} (have: {', '.join(rows)})",
+                )
+
+
 def load_suite(path: str | Path, overrides: list[str] = (), arms: list[str] | None = None) -> Suite:
     """Read and fully validate a suite; `overrides` are `--set key.path=value` strings applied to every arm."""
     path = Path(path)
@@ -191,6 +242,7 @@ def load_suite(path: str | Path, overrides: list[str] = (), arms: list[str] | No
             )
     if spec.baseline is not None and spec.baseline not in spec.arms:
         raise ConfigError(source, "baseline", f"no arm named {spec.baseline!r}")
+    _check_comparisons(spec, source)
 
     selected = list(spec.arms)
     if arms:

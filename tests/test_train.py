@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import tiny_suite
@@ -139,6 +140,18 @@ def test_second_run_trains_nothing(finished_suite, capsys):
     assert "dynamic" in printed and "1/1" in printed  # the table, one row per arm
 
 
+def test_run_ends_with_the_suite_report(finished_suite):
+    path, out, _ = finished_suite
+    report = out.parent / "reports" / "t"
+    summary = pd.read_csv(report / "summary.csv")
+    assert set(summary["arm"]) == {"dynamic", "static"}
+    assert set(summary.query("metric == 'heldout_ppl'")["n"]) == {1}
+    assert "static vs dynamic" in (report / "report.md").read_text()
+    assert (report / "figures" / "curves.png").is_file()
+    manifest = json.loads((out / "t" / "suite.json").read_text())
+    assert list(manifest["spec"]["arms"]) == ["dynamic", "static"]
+
+
 def test_perplexity_is_identical_for_two_calls_on_a_checkpoint(finished_suite):
     from harness.config import RunConfig
     from harness.data.cache import StageCache
@@ -176,6 +189,8 @@ def test_a_failing_run_is_recorded_and_the_suite_goes_on(tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr
     states = {}
     for directory in (tmp_path / "r" / "t").iterdir():
+        if not directory.is_dir():
+            continue  # suite.json
         record = RunRecord(directory)
         states[record.config["arm"]] = record.status
     assert states["dynamic"]["state"] == states["static"]["state"] == "done"
@@ -190,7 +205,7 @@ def test_every_run_is_pending_before_the_first_one_trains(write_suite, tmp_path,
     states_seen = []
 
     def stop_at_once(run, run_dir, *args, **kwargs):
-        states_seen.append(sorted(RunRecord(p).status["state"] for p in (out / "t").iterdir()))
+        states_seen.append(sorted(RunRecord(p).status["state"] for p in (out / "t").iterdir() if p.is_dir()))
         raise RuntimeError("stopped by the test")
 
     monkeypatch.setattr("harness.runner.execute_run", stop_at_once)

@@ -1,0 +1,393 @@
+"""Run records on disk -> pandas tables: runs, tidy metrics, training curves, fine-tuning seeds.
+
+Reading never stops at a bad record. Each problem (a corrupt or half-written file, a record from
+another schema version, a metric that is not a number) is collected with the file named, and the
+rest is read. Runs a suite expects but that have no finished record stay in the tables as
+`missing`, `pending`, `running` or `failed`, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.config import ConfigError
+from harness.records import SCHEMA_VERSION, atomic_write_json
+from harness.suite import Suite, SuiteSpec, load_suite
+
+MANIFEST = "suite.json"
+CURVE_METRICS = ("train_loss", "heldout_loss", "heldout_ppl", "heldout_acc", "nsp_loss")
+
+
+def write_manifest(suite_dir: Path, suite: Suite, overrides: list[str]) -> None:
+    """What a results directory needs to be reported on without the suite file: arm order, seeds,
+    metrics, baseline and comparisons (`harness report results/<suite>`)."""
+    atomic_write_json(
+        Path(suite_dir) / MANIFEST,
+        {
+            "schema_version": SCHEMA_VERSION,
+            "source": str(suite.path),
+            "overrides": list(overrides),
+            "spec": suite.spec.model_dump(mode="json"),
+        },
+    )
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> {"model.layers": 4, ...}; lists become JSON text so every cell is a scalar."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{path}."))
+        elif isinstance(value, list):
+            flat[path] = json.dumps(value)
+        else:
+            flat[path] = value
+    return flat
+
+
+@dataclass
+class SuiteSource:
+    """One suite as the report sees it: its spec (when known), its results directory and the
+    run id each (arm, seed) must have (when read from the suite file)."""
+
+    name: str
+    directory: Path
+    spec: SuiteSpec | None = None
+    expected: dict[tuple[str, int], str] = field(default_factory=dict)
+    configs: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class Results:
+    runs: pd.DataFrame  # one row per (suite, arm, seed): state, error, budget, flattened config
+    metrics: pd.DataFrame  # tidy: one row per finished run x metric, config beside it
+    curves: pd.DataFrame  # one row per logged step x metric of each run
+    finetune: pd.DataFrame  # one row per run x task metric x fine-tuning seed
+    sources: list[SuiteSource]
+    problems: list[str] = field(default_factory=list)  # bad records, named
+    notes: list[str] = field(default_factory=list)  # things worth knowing that are not errors
+
+    @property
+    def multi_suite(self) -> bool:
+        return len(self.sources) > 1
+
+    def arms(self) -> list[str]:
+        return list(dict.fromkeys(self.runs["arm"])) if len(self.runs) else []
+
+
+def _label(source: SuiteSource, arm: str, multi: bool) -> str:
+    return f"{source.name}/{arm}" if multi else arm
+
+
+class _Reader:
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def json_file(self, path: Path) -> dict[str, Any] | None:
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            self.problems.append(f"{path}: not valid JSON ({err}): corrupt or half-written")
+            return None
+        except OSError as err:
+            self.problems.append(f"{path}: unreadable ({err})")
+            return None
+        if not isinstance(data, dict):
+            self.problems.append(f"{path}: expected a JSON object")
+            return None
+        return data
+
+    def jsonl_file(self, path: Path) -> list[dict[str, Any]]:
+        if not path.is_file():
+            return []
+        rows = []
+        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                self.problems.append(f"{path}: line {number} is not valid JSON (half-written?): skipped")
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+        return rows
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def source_from_suite(suite: Suite, results_root: Path) -> SuiteSource:
+    """A loaded suite: its runs are expected under results_root/<name>, by run id."""
+    return SuiteSource(
+        name=suite.name,
+        directory=Path(results_root) / suite.name,
+        spec=suite.spec,
+        expected={(r.arm, r.seed): r.run_id for r in suite.runs},
+        configs={(r.arm, r.seed): r.config.model_dump(mode="json") for r in suite.runs},
+    )
+
+
+def _source_from_suite_file(path: Path, results_root: Path, overrides: list[str]) -> SuiteSource:
+    return source_from_suite(load_suite(path, overrides=overrides), results_root)
+
+
+def _manifest_spec(directory: Path, reader: _Reader) -> SuiteSpec | None:
+    manifest = reader.json_file(directory / MANIFEST)
+    if manifest is None:
+        return None
+    try:
+        return SuiteSpec.model_validate(manifest["spec"])
+    except Exception as err:  # a manifest from another version: report without it
+        reader.problems.append(f"{directory / MANIFEST}: not a suite manifest this version reads ({err})")
+        return None
+
+
+def _sources_from_directory(directory: Path, reader: _Reader) -> list[SuiteSource]:
+    """A suite's results directory, or a results root holding several suites."""
+    names: dict[str, Path] = {}
+    quiet = _Reader()  # a corrupt config.json is named once, when the records are read
+    for config_path in sorted(directory.glob("**/config.json")):
+        if "_cache" in config_path.parts:
+            continue
+        header = quiet.json_file(config_path)
+        suite_name = header.get("suite") if header else None
+        if suite_name:
+            names.setdefault(suite_name, config_path.parent.parent)
+    if not names:
+        spec = _manifest_spec(directory, reader)
+        return [SuiteSource(spec.name if spec else directory.name, directory, spec)]
+    return [SuiteSource(name, suite_dir, _manifest_spec(suite_dir, reader)) for name, suite_dir in names.items()]
+
+
+def resolve_sources(
+    sources: list[str | Path], results_root: Path, overrides: list[str] = (), problems: list[str] | None = None
+) -> list[SuiteSource]:
+    """Each argument of `harness report`: a suite YAML file (its runs are looked up under
+    results_root/<name>) or a results directory. Unreadable manifests are added to `problems`."""
+    reader = _Reader()
+    if problems is not None:
+        reader.problems = problems
+    resolved: list[SuiteSource] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_file():
+            resolved.append(_source_from_suite_file(path, results_root, list(overrides)))
+        elif path.is_dir():
+            resolved.extend(_sources_from_directory(path, reader))
+        else:
+            raise ConfigError(str(path), "", "neither a suite file nor a results directory")
+    names = [s.name for s in resolved]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError(", ".join(map(str, sources)), "", f"suite {', '.join(duplicated)} given more than once")
+    return resolved
+
+
+def _pick(candidates: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Of several records for one (arm, seed) (the suite was edited between runs), the finished
+    one written last wins; the rest are superseded."""
+    ranked = sorted(candidates, key=lambda r: (r["state"] == "done", r["time"]), reverse=True)
+    return ranked[0], ranked[1:]
+
+
+def load_results(sources: list[SuiteSource], problems: list[str] | None = None) -> Results:
+    """Read every record of the sources; `problems` found earlier (resolving sources) are kept."""
+    reader = _Reader()
+    reader.problems = list(problems or [])
+    notes: list[str] = []
+    multi = len(sources) > 1
+    run_rows: list[dict[str, Any]] = []
+    metric_rows: list[dict[str, Any]] = []
+    curve_rows: list[dict[str, Any]] = []
+    finetune_rows: list[dict[str, Any]] = []
+
+    for source in sources:
+        records = _read_records(source.directory, reader)
+        if not records:
+            reader.problems.append(
+                f"{source.directory}: no run records (expected <run-id>/config.json under it); "
+                f"has `harness run` been run with this results root?"
+            )
+        if source.expected:
+            wanted = set(source.expected.values())
+            stray = [r for r in records if r["run_id"] not in wanted]
+            if stray:
+                notes.append(
+                    f"{source.name}: {len(stray)} record(s) under {source.directory} are not runs of the suite as "
+                    f"now written (edited since they ran, or other --set overrides): not included"
+                )
+            records = [r for r in records if r["run_id"] in wanted]
+
+        spec_arms = list(source.spec.arms) if source.spec else []
+        seen_arms = [r["arm"] for r in records if r["arm"] not in spec_arms]
+        arms = list(dict.fromkeys([*spec_arms, *sorted(seen_arms)]))
+        spec_seeds = list(source.spec.seeds) if source.spec else []
+        seeds = list(dict.fromkeys([*spec_seeds, *sorted({r["seed"] for r in records} - set(spec_seeds))]))
+
+        by_cell: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for record in records:
+            by_cell.setdefault((record["arm"], record["seed"]), []).append(record)
+        for arm in arms:
+            for seed in seeds:
+                label = _label(source, arm, multi)
+                candidates = by_cell.get((arm, seed), [])
+                base = {"suite": source.name, "arm": label, "seed": seed}
+                if not candidates:
+                    config = source.configs.get((arm, seed), {})
+                    run_rows.append(
+                        {**base, "run_id": source.expected.get((arm, seed), ""), "state": "missing", "error": "",
+                         **{f"config.{k}": v for k, v in flatten(config).items()}}
+                    )  # fmt: skip
+                    continue
+                record, superseded = _pick(candidates)
+                if superseded:
+                    notes.append(
+                        f"{source.name} {arm} seed {seed}: {len(superseded)} older record(s) superseded by "
+                        f"{record['run_id']} ({', '.join(r['run_id'] for r in superseded)})"
+                    )
+                base["run_id"] = record["run_id"]
+                config_cols = {f"config.{k}": v for k, v in flatten(record["config"]).items()}
+                summary = record["summary"] or {}
+                budget = summary.get("budget", {})
+                run_rows.append(
+                    {
+                        **base,
+                        "state": record["state"],
+                        "error": record["error"],
+                        "tokens": budget.get("tokens"),
+                        "steps": budget.get("steps"),
+                        "epochs": budget.get("epochs"),
+                        "wall_s": summary.get("wall_s"),
+                        "directory": str(record["dir"]),
+                        **config_cols,
+                    }
+                )
+                if record["state"] == "done":
+                    for metric, raw in summary.get("metrics", {}).items():
+                        value = _number(raw)
+                        if value is None:
+                            reader.problems.append(
+                                f"{record['dir'] / 'summary.json'}: metric {metric} = {raw!r} is not a number: left out"
+                            )
+                            continue
+                        if not math.isfinite(value):
+                            notes.append(
+                                f"{label} seed {seed}: {metric} is {value} (diverged?): left out of statistics"
+                            )
+                            continue
+                        metric_rows.append({**base, "metric": metric, "value": value, **config_cols})
+                    finetune_rows.extend(_finetune_rows(base, summary.get("downstream", {})))
+                for row in record["curve"]:
+                    step, tokens = _number(row.get("step")), _number(row.get("tokens"))
+                    if step is None or tokens is None:
+                        continue
+                    for metric in CURVE_METRICS:
+                        value = _number(row.get(metric))
+                        if value is not None and math.isfinite(value):
+                            curve_rows.append(
+                                {**base, "step": step, "tokens": tokens, "metric": metric, "value": value}
+                            )
+
+    runs = pd.DataFrame(run_rows)
+    if len(runs):
+        for column in ("tokens", "steps", "epochs", "wall_s"):
+            if column not in runs:
+                runs[column] = math.nan
+    metrics = pd.DataFrame(
+        metric_rows, columns=None if metric_rows else ["suite", "arm", "seed", "run_id", "metric", "value"]
+    )
+    curves = pd.DataFrame(
+        curve_rows,
+        columns=None if curve_rows else ["suite", "arm", "seed", "run_id", "step", "tokens", "metric", "value"],
+    )  # noqa: E501
+    finetune = pd.DataFrame(
+        finetune_rows,
+        columns=None
+        if finetune_rows
+        else ["suite", "arm", "seed", "run_id", "task", "metric", "finetune_seed", "value", "diverged"],
+    )  # noqa: E501
+    if multi and len(metrics):
+        per_suite = metrics.groupby("suite")["metric"].agg(set)
+        shared = set.intersection(*per_suite)
+        for suite_name, names in per_suite.items():
+            only = sorted(names - shared)
+            if only:
+                notes.append(
+                    f"{suite_name}: metric(s) {', '.join(only)} not reported by every suite: not compared across suites"
+                )
+    return Results(runs, metrics, curves, finetune, sources, reader.problems, notes)
+
+
+def _finetune_rows(base: dict[str, Any], downstream: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for task, result in downstream.items():
+        for metric, detail in result.get("metrics", {}).items():
+            for finetune_seed, value in detail.get("seeds", {}).items():
+                number = _number(value)
+                if number is not None:
+                    rows.append({**base, "task": task, "metric": metric, "finetune_seed": int(finetune_seed),
+                                 "value": number, "diverged": ""})  # fmt: skip
+        for finetune_seed, reason in result.get("diverged_seeds", {}).items():
+            rows.append({**base, "task": task, "metric": "", "finetune_seed": int(finetune_seed),
+                         "value": math.nan, "diverged": str(reason)})  # fmt: skip
+    return rows
+
+
+def _read_records(directory: Path, reader: _Reader) -> list[dict[str, Any]]:
+    records = []
+    for config_path in sorted(Path(directory).glob("*/config.json")):
+        run_dir = config_path.parent
+        header = reader.json_file(config_path)
+        if header is None:
+            continue  # the reader named the file
+        if header.get("schema_version") != SCHEMA_VERSION:
+            reader.problems.append(
+                f"{config_path}: written by record schema {header.get('schema_version')}, this version reads "
+                f"{SCHEMA_VERSION}: skipped"
+            )
+            continue
+        missing = [k for k in ("suite", "arm", "seed", "config") if k not in header]
+        if missing:
+            reader.problems.append(f"{config_path}: lacks {', '.join(missing)}: skipped")
+            continue
+        status = reader.json_file(run_dir / "status.json") or {}
+        state = status.get("state", "unknown")
+        summary = None
+        if state == "done":
+            summary = reader.json_file(run_dir / "summary.json")
+            if summary is None:
+                state = "corrupt"
+                if not (run_dir / "summary.json").is_file():
+                    reader.problems.append(f"{run_dir}: status says done but summary.json is missing")
+        records.append(
+            {
+                "dir": run_dir,
+                "run_id": header.get("run_id", run_dir.name),
+                "arm": str(header["arm"]),
+                "seed": int(header["seed"]),
+                "config": header["config"],
+                "state": state,
+                "time": str(status.get("time", "")),
+                "error": str(status.get("error", "")) if state in ("failed", "corrupt", "unknown") else "",
+                "summary": summary,
+                "curve": reader.jsonl_file(run_dir / "metrics.jsonl"),
+            }
+        )
+        if state == "corrupt" and not records[-1]["error"]:
+            records[-1]["error"] = "summary.json unreadable"
+        if state == "unknown":
+            records[-1]["error"] = "status.json missing or unreadable"
+    return records

@@ -1,0 +1,348 @@
+"""Reports from synthetic run records with known effects: statistics, flags, figures, HTML, bad records."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from harness.cli import main
+from harness.config import ConfigError
+from harness.paper import load_paper_tables, paper_deltas
+from harness.records import RunRecord
+from harness.report import build_report
+from harness.results import load_results, resolve_sources
+from harness.stats import bootstrap_mean_ci, compare_seeds
+from harness.suite import load_suite
+
+SEEDS = [0, 1, 2, 3, 4]
+# per-seed baseline accuracy; B is better by a fixed margin plus small seed noise, C is identical to A
+BASELINE = {0: 0.612, 1: 0.655, 2: 0.631, 3: 0.598, 4: 0.640}
+MARGIN = 0.05
+B_NOISE = {0: 0.002, 1: -0.003, 2: 0.001, 3: 0.000, 4: -0.001}
+
+
+def write_record(
+    suite_dir: Path,
+    arm: str,
+    seed: int,
+    metrics: dict[str, float] | None,
+    config: dict | None = None,
+    state: str = "done",
+    error: str = "",
+    suite: str = "fake",
+) -> Path:
+    """A run record as `harness run` leaves it, with chosen metrics and a short training curve."""
+    run_id = f"{arm}-{seed}"
+    record = RunRecord(suite_dir / run_id)
+    header = {"suite": suite, "arm": arm, "seed": seed, "run_id": run_id}
+    config = config or {"masking": {"kind": arm}, "train": {"seed": seed, "tokens_per_step": 1024}}
+    record.start(header, config)
+    for step in (10, 20, 30):
+        record.append_metrics({"step": step, "tokens": step * 1000 + seed, "train_loss": 5.0 - step / 10})
+    record.append_metrics({"step": 30, "tokens": 30000, "heldout_loss": 3.0, "heldout_ppl": math.exp(3.0)})
+    if state == "done":
+        record.finish({**header, "metrics": metrics, "budget": {"tokens": 30000, "steps": 30, "epochs": 1.5},
+                       "wall_s": 12.0})  # fmt: skip
+    else:
+        record.set_status(state, error=error)
+    return record.dir
+
+
+def write_suite_dir(root: Path, arms: list[str] | None = None, seeds: list[int] = SEEDS, name: str = "fake") -> Path:
+    """Arms A (baseline), B (A + MARGIN), C (= A) on accuracy; heldout_ppl alongside."""
+    suite_dir = root / "results" / name
+    for arm in arms or ["A", "B", "C"]:
+        for seed in seeds:
+            accuracy = BASELINE[seed] + (MARGIN + B_NOISE[seed] if arm == "B" else 0.0)
+            ppl = 20.0 + seed - (1.0 if arm == "B" else 0.0)
+            write_record(suite_dir, arm, seed, {"sst2.accuracy": accuracy, "heldout_ppl": ppl}, suite=name)
+    return suite_dir
+
+
+def report_of(suite_dir: Path, out: Path, baseline: str | None = None):
+    problems: list[str] = []
+    sources = resolve_sources([suite_dir], suite_dir.parent, problems=problems)
+    results = load_results(sources, problems)
+    return results, build_report(results, out, baseline)
+
+
+# --------------------------------------------------------------------------------- statistics
+
+
+def test_bootstrap_ci_brackets_the_mean_and_needs_two_values():
+    values = [0.61, 0.66, 0.63, 0.60, 0.64]
+    low, high = bootstrap_mean_ci(values)
+    assert min(values) < low < np.mean(values) < high < max(values)
+    assert bootstrap_mean_ci(values) == (low, high), "seeded: the same values give the same interval"
+    assert all(math.isnan(v) for v in bootstrap_mean_ci([0.5]))
+
+
+def test_paired_comparison_uses_shared_seeds_and_welch_otherwise():
+    base = {s: v for s, v in BASELINE.items()}
+    shifted = {s: v + 0.01 for s, v in BASELINE.items()}
+    paired = compare_seeds(shifted, base)
+    assert paired.test == "paired t" and paired.n_pairs == 5
+    # the shift is identical on every seed: the paired analysis sees no noise at all
+    assert paired.diff == pytest.approx(0.01) and paired.ci_low == pytest.approx(0.01) and paired.p_value == 0.0
+    disjoint = compare_seeds({s + 10: v for s, v in shifted.items()}, base)
+    assert disjoint.test == "Welch t" and disjoint.n_pairs == 0
+    # unpaired, the seed-to-seed spread (±0.02) swamps a 0.01 shift
+    assert disjoint.ci_low < 0 < disjoint.ci_high and disjoint.p_value > 0.05
+    from scipy import stats
+
+    expected = stats.ttest_ind(list(shifted.values()), list(base.values()), equal_var=False).pvalue
+    assert disjoint.p_value == pytest.approx(expected)
+    noisy = {s: v + 0.01 + (0.004 if s % 2 else -0.004) for s, v in BASELINE.items()}
+    assert compare_seeds(noisy, base).p_value == pytest.approx(
+        stats.ttest_rel(list(noisy.values()), list(base.values())).pvalue
+    )
+
+
+# ------------------------------------------------------------------------------------- report
+
+
+@pytest.fixture(scope="module")
+def known_effects(tmp_path_factory):
+    root = tmp_path_factory.mktemp("known")
+    suite_dir = write_suite_dir(root)
+    results, output = report_of(suite_dir, root / "report")
+    return results, output
+
+
+def test_summary_numbers_match_the_records(known_effects):
+    _, output = known_effects
+    summary = pd.read_csv(output.directory / "summary.csv")
+    for arm, expected in {
+        "A": list(BASELINE.values()),
+        "B": [BASELINE[s] + MARGIN + B_NOISE[s] for s in SEEDS],
+        "C": list(BASELINE.values()),
+    }.items():
+        row = summary[(summary["arm"] == arm) & (summary["metric"] == "sst2.accuracy")].iloc[0]
+        assert row["n"] == 5 and row["runs"] == 5
+        assert row["mean"] == pytest.approx(np.mean(expected), abs=1e-6)
+        assert row["std"] == pytest.approx(np.std(expected, ddof=1), abs=1e-6)
+        assert row["median"] == pytest.approx(np.median(expected), abs=1e-6)
+        assert row["ci_low"] < row["mean"] < row["ci_high"]
+    tidy = pd.read_csv(output.directory / "results.csv")
+    assert len(tidy) == 3 * 5 * 2  # arms x seeds x metrics, one row each
+    assert {"suite", "arm", "seed", "run_id", "metric", "value", "config.masking.kind"} <= set(tidy.columns)
+    assert pd.read_parquet(output.directory / "results.parquet").shape == tidy.shape
+
+
+def test_b_differs_from_the_baseline_and_c_does_not(known_effects):
+    _, output = known_effects
+    table = pd.read_csv(output.directory / "comparisons.csv").set_index(["comparison", "metric"])
+    b = table.loc[("B vs A", "sst2.accuracy")]
+    assert b["diff"] == pytest.approx(MARGIN + np.mean(list(B_NOISE.values())), abs=1e-6)
+    assert b["ci_low"] > 0 and bool(b["ci_excludes_zero"]) and bool(b["significant"])
+    assert b["test"] == "paired t" and b["n_pairs"] == 5
+    assert b["our_direction"] == "B better"
+    c = table.loc[("C vs A", "sst2.accuracy")]
+    assert c["diff"] == 0 and c["ci_low"] <= 0 <= c["ci_high"] and not bool(c["ci_excludes_zero"])
+    # lower perplexity is better: B's lower ppl makes B the winner there too
+    assert table.loc[("B vs A", "heldout_ppl")]["our_direction"] == "B better"
+    text = (output.directory / "report.md").read_text()
+    b_line = next(line for line in text.splitlines() if line.startswith("- **B vs A** (5 paired seeds)"))
+    assert "sst2.accuracy (higher is better) +0.0498" in b_line and "**B better**" in b_line
+    c_line = next(line for line in text.splitlines() if line.startswith("- **C vs A**"))
+    assert "no clear difference" in c_line and "**" not in c_line.split("):", 1)[1]
+
+
+def test_every_figure_is_a_valid_png_and_svg(known_effects):
+    import matplotlib.image
+
+    _, output = known_effects
+    figures = output.directory / "figures"
+    for stem in ("curves", "metrics", "differences"):
+        image = matplotlib.image.imread(figures / f"{stem}.png")
+        assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200
+        assert image.std() > 0.01, "not a blank image"
+        root = ET.parse(figures / f"{stem}.svg").getroot()
+        assert root.tag.endswith("svg")
+    assert not (figures / "batch-size.png").exists(), "no batch-size figure when the batch does not vary"
+
+
+def test_html_is_self_contained(known_effects):
+    _, output = known_effects
+    page = (output.directory / "report.html").read_text()
+    links = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", page)
+    assert len(links) >= 3  # the figures
+    assert all(link.startswith(("data:", "#")) for link in links), links
+    assert "http://" not in page and "https://" not in page
+    assert page.count("<img") == len(re.findall(r"!\[", (output.directory / "report.md").read_text()))
+
+
+def test_partial_failed_and_corrupt_records_are_shown_not_dropped(tmp_path):
+    suite_dir = write_suite_dir(tmp_path, arms=["A", "B"])
+    (suite_dir / "B-4").joinpath("config.json").unlink()
+    (suite_dir / "B-4").joinpath("status.json").unlink()
+    write_record(suite_dir, "C", 0, {"sst2.accuracy": 0.6})
+    write_record(suite_dir, "C", 1, None, state="failed", error="RuntimeError: loss is nan")
+    half = write_record(suite_dir, "C", 2, {"sst2.accuracy": 0.6})
+    (half / "summary.json").write_text('{"metrics": {"sst2.accu')  # a write cut short
+    bad_metric = write_record(suite_dir, "C", 3, {"sst2.accuracy": "n/a", "heldout_ppl": 21.0})
+    with (bad_metric / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 40, "tok')
+    corrupt_config = suite_dir / "broken"
+    corrupt_config.mkdir()
+    (corrupt_config / "config.json").write_text("{not json")
+
+    results, output = report_of(suite_dir, tmp_path / "report")
+    runs = results.runs.set_index(["arm", "seed"])
+    assert runs.loc[("B", 4), "state"] == "missing"
+    assert runs.loc[("C", 1), "state"] == "failed" and "loss is nan" in runs.loc[("C", 1), "error"]
+    assert runs.loc[("C", 2), "state"] == "corrupt"
+    assert runs.loc[("C", 4), "state"] == "missing"
+    problems = "\n".join(output.problems)
+    assert f"{half / 'summary.json'}: not valid JSON" in problems
+    assert f"{bad_metric / 'summary.json'}: metric sst2.accuracy = 'n/a' is not a number" in problems
+    assert f"{bad_metric / 'metrics.jsonl'}: line 5 is not valid JSON" in problems
+    assert f"{corrupt_config / 'config.json'}: not valid JSON" in problems
+    summary = pd.read_csv(output.directory / "summary.csv").set_index(["arm", "metric"])
+    assert summary.loc[("B", "sst2.accuracy"), "n"] == 4 and summary.loc[("B", "sst2.accuracy"), "runs"] == 5
+    assert summary.loc[("C", "sst2.accuracy"), "n"] == 1
+    assert summary.loc[("C", "heldout_ppl"), "n"] == 1  # C-3 kept its good metric
+    text = (output.directory / "report.md").read_text()
+    assert "| C | 1 | C-1 | failed | RuntimeError: loss is nan |" in text
+    assert "| B | 4 | – | missing |" in text
+    assert "problem:" in text and str(corrupt_config / "config.json") in text
+
+
+def test_an_empty_directory_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "results" / "nothing").mkdir(parents=True)
+    assert main(["report", str(tmp_path / "results" / "nothing"), "--out", str(tmp_path / "r")]) == 2
+    assert "no run records" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "no-such-dir")]) == 2
+    assert "neither a suite file nor a results directory" in capsys.readouterr().err
+
+
+def test_cli_report_with_baseline_override(tmp_path, capsys):
+    suite_dir = write_suite_dir(tmp_path)
+    assert main(["report", str(suite_dir), "--baseline", "C"]) == 0
+    out = tmp_path / "reports" / "fake"  # default: reports/<suite> beside the results root
+    assert "report.md" in capsys.readouterr().out
+    names = set(pd.read_csv(out / "comparisons.csv")["comparison"])
+    assert names == {"A vs C", "B vs C"}
+    assert main(["report", str(suite_dir), "--baseline", "Z", "--out", str(tmp_path / "z")]) == 2
+    assert "no such arm" in capsys.readouterr().err
+
+
+def test_several_suites_are_compared_on_shared_metrics(tmp_path):
+    one = write_suite_dir(tmp_path, arms=["A"], name="one")
+    two = tmp_path / "results" / "two"
+    for seed in SEEDS:
+        write_record(two, "A", seed, {"sst2.accuracy": BASELINE[seed] + MARGIN, "rte.accuracy": 0.5}, suite="two")
+    problems: list[str] = []
+    results = load_results(resolve_sources([one, two], tmp_path, problems=problems), problems)
+    output = build_report(results, tmp_path / "both")
+    table = pd.read_csv(output.directory / "comparisons.csv").set_index(["comparison", "metric"])
+    row = table.loc[("two/A vs one/A", "sst2.accuracy")]
+    assert row["diff"] == pytest.approx(MARGIN) and bool(row["significant"])
+    assert any("rte.accuracy not reported by every suite" in n for n in results.notes)
+
+
+def test_a_batch_size_suite_gets_its_figure(tmp_path):
+    suite_dir = tmp_path / "results" / "batch"
+    for arm, tokens in (("small", 1024), ("large", 8192)):
+        for seed in (0, 1, 2):
+            config = {"train": {"seed": seed, "tokens_per_step": tokens}}
+            write_record(suite_dir, arm, seed, {"heldout_ppl": 20.0 + seed + tokens / 4096}, config, suite="batch")
+    _, output = report_of(suite_dir, tmp_path / "report")
+    assert (output.directory / "figures" / "batch-size.png").stat().st_size > 1000
+    assert (output.directory / "figures" / "batch-size.svg").is_file()
+
+
+# -------------------------------------------------------------------------------------- paper
+
+
+def test_paper_tables_hold_the_published_numbers():
+    tables = load_paper_tables()
+    assert set(tables) == {"roberta-table1", "roberta-table2", "roberta-table3"}
+    table1 = tables["roberta-table1"][1]
+    deltas = {d.column: round(d.delta, 3) for d in paper_deltas(table1, "dynamic", "static")}
+    assert deltas == {"squad2": 0.4, "mnli-m": -0.3, "sst2": 0.4}
+    table3 = tables["roberta-table3"][1]
+    ppl = next(d for d in paper_deltas(table3, "bsz-2k", "bsz-256") if d.column == "ppl")
+    assert ppl.arm_better is True, "lower perplexity is better"
+
+
+def test_a_suite_mapped_to_a_paper_table_shows_both(tmp_path):
+    from conftest import tiny_suite
+
+    suite = tiny_suite(
+        name="masking",
+        arms={"static": {"masking": {"kind": "static"}}, "dynamic": {}},
+        seeds=SEEDS,
+        metrics=["sst2.accuracy"],
+        comparisons=[
+            {"arm": "dynamic", "baseline": "static",
+             "paper": {"table": "roberta-table1", "arm": "dynamic", "baseline": "static"}}
+        ],
+    )  # fmt: skip
+    suite["base"]["eval"]["tasks"] = ["sst2"]
+    path = tmp_path / "masking.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    loaded = load_suite(path)
+    for run in loaded.runs:
+        accuracy = BASELINE[run.seed] + (0.03 if run.arm == "dynamic" else 0.0)
+        directory = tmp_path / "results" / "masking" / run.run_id
+        record = RunRecord(directory)
+        record.start(run.header, run.config.model_dump(mode="json"))
+        record.finish({**run.header, "metrics": {"sst2.accuracy": accuracy}})
+    problems: list[str] = []
+    results = load_results(resolve_sources([path], tmp_path / "results", problems=problems), problems)
+    output = build_report(results, tmp_path / "report")
+    row = pd.read_csv(output.directory / "comparisons.csv").iloc[0]
+    assert row["paper_direction"] == "dynamic better (SST-2 +0.40)"
+    assert row["agrees_with_paper"] == "yes"
+    text = (output.directory / "report.md").read_text()
+    assert "RoBERTa Table 1" in text
+    dynamic_mean = 100 * np.mean([BASELINE[s] + 0.03 for s in SEEDS])
+    assert f"| arm dynamic | ours (mean) | not measured | not in this suite | {dynamic_mean:.2f} |" in text
+    assert "| dynamic masking | paper | 78.70 | 84.00 | 92.90 |" in text
+
+
+@pytest.mark.parametrize(
+    ("comparison", "message"),
+    [
+        ({"arm": "dynamic", "baseline": "nope"}, "comparisons.0.baseline: no arm named 'nope'"),
+        ({"arm": "dynamic", "baseline": "dynamic"}, "an arm compared with itself"),
+        (
+            {"arm": "dynamic", "baseline": "static", "paper": {"table": "roberta-table9", "arm": "a", "baseline": "b"}},
+            "unknown table 'roberta-table9'",
+        ),
+        (
+            {"arm": "dynamic", "baseline": "static",
+             "paper": {"table": "roberta-table1", "arm": "dynamic", "baseline": "sttic"}},
+            "roberta-table1 has no row 'sttic'",
+        ),
+    ],
+)  # fmt: skip
+def test_bad_comparisons_are_config_errors(write_suite, comparison, message):
+    from conftest import tiny_suite
+
+    path = write_suite(tiny_suite(comparisons=[comparison]))
+    with pytest.raises(ConfigError) as err:
+        load_suite(path)
+    assert message in str(err.value)
+
+
+def test_manifest_keeps_the_suite_order_for_directory_reports(tmp_path):
+    suite_dir = write_suite_dir(tmp_path, arms=["C", "A"], seeds=[0, 1])
+    manifest = {"schema_version": 1, "source": "x.yaml", "overrides": [],
+                "spec": {"name": "fake", "base": {}, "arms": {"C": {}, "A": {}, "B": {}}, "seeds": [0, 1, 2],
+                         "metrics": ["sst2.accuracy"], "baseline": "A"}}  # fmt: skip
+    (suite_dir / "suite.json").write_text(json.dumps(manifest))
+    results, output = report_of(suite_dir, tmp_path / "report")
+    assert results.arms() == ["C", "A", "B"]
+    states = results.runs.groupby("arm", sort=False)["state"].apply(list).to_dict()
+    assert states == {"C": ["done", "done", "missing"], "A": ["done", "done", "missing"], "B": ["missing"] * 3}
+    assert set(pd.read_csv(output.directory / "comparisons.csv")["comparison"]) == {"C vs A", "B vs A"}
