@@ -1,4 +1,4 @@
-"""`harness run | data | eval | report | ls`: the command line. Exit status 2 for bad input, 1 when any run failed."""
+"""`harness run | data | eval | search | report | ls`. Exit status 2 for bad input, 1 when any run failed."""
 
 from __future__ import annotations
 
@@ -172,6 +172,56 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    suite = load_suite(args.suite, overrides=args.set or [])
+    search = suite.spec.search
+    if search is None:
+        raise ConfigError(str(suite.path), "search", "the suite has no search section")
+    from harness import search as searching
+
+    out_root = Path(args.out)
+    url = args.storage or searching.default_storage(out_root, suite)
+    storage = searching.open_storage(url, search)
+    trials = args.trials or search.trials
+    if trials is None and not (args.timeout_s or search.timeout_s):
+        raise ConfigError(str(suite.path), "search.trials", "give a number of trials or a timeout")
+    timeout = args.timeout_s or search.timeout_s
+    if args.worker_index is None:
+        check_task_data(suite)
+        searching.create_studies(suite, storage)
+        print(f"search {suite.name}: {trials} trial(s) per study, {args.workers} worker(s), storage {url}")
+    if args.workers > 1 and args.worker_index is None:
+        argv = ["search", args.suite, "--storage", url, "--out", args.out, "--workers", "1"]
+        argv += [f"--set={s}" for s in args.set or []]
+        argv += ["--trials", str(trials)] if trials else []
+        argv += ["--timeout-s", str(timeout)] if timeout else []
+        argv += ["--device", args.device] if args.device else []
+        status = searching.spawn_workers(argv, args.workers)
+        if status != 0:
+            print(f"a worker exited with status {status}", file=sys.stderr)
+    else:
+        import torch
+
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        worker = args.worker_index or 0
+        prefix = f"[worker {worker}] " if args.worker_index is not None else ""
+        budget = trials or 10**9  # a time budget alone: trials until the timeout
+
+        def log(message: str) -> None:
+            print(prefix + message, flush=True)
+
+        searching.work(suite, storage, out_root, device, budget, timeout, worker, log=log)
+    if args.worker_index is not None:
+        return 0
+    from harness.report import default_report_dir
+    from harness.results import source_from_suite
+
+    report_dir = Path(args.report_out) if args.report_out else default_report_dir([source_from_suite(suite, out_root)])
+    for line in searching.write_search_report(suite, storage, report_dir / "search", args.set or []):
+        print(line)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
@@ -289,6 +339,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--task", action="append", help="only this task (repeatable; default: the run's eval.tasks)")
     evaluate.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
     evaluate.set_defaults(func=cmd_eval)
+
+    search = sub.add_parser("search", help="Optuna search over the suite's `search` section; trials are runs")
+    search.add_argument("suite", help="suite YAML file with a search section")
+    search.add_argument("--storage", help="SQLAlchemy URL (default: sqlite file in <out>/<suite>.search/)")
+    search.add_argument("--trials", type=int, help="trials per study, all workers together (default: the suite's)")
+    search.add_argument("--timeout-s", type=float, help="stop starting trials after this many seconds")
+    search.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    search.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config field")
+    search.add_argument("--out", default=DEFAULT_OUT, help="results root (default: results)")
+    search.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
+    search.add_argument("--report-out", help="report directory (default: reports/<suite>; the search goes in search/)")
+    search.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set on spawned workers
+    search.set_defaults(func=cmd_search)
 
     report = sub.add_parser("report", help="tables, statistics, figures and report.md/.html comparing a suite's arms")
     report.add_argument("source", nargs="+", help="suite YAML file(s) or results director(ies); several are compared")

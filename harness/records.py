@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
-STATES = ("pending", "running", "done", "failed")
+STATES = ("pending", "running", "done", "failed", "pruned")  # pruned: stopped early by a search
 
 
 def atomic_write_json(path: Path, payload: Any) -> None:

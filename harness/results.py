@@ -376,7 +376,8 @@ def _read_records(directory: Path, reader: _Reader) -> list[dict[str, Any]]:
             {
                 "dir": run_dir,
                 "run_id": header.get("run_id", run_dir.name),
-                "arm": str(header["arm"]),
+                # a search's trials share arm and seed: each trial is its own row
+                "arm": f"{header['arm']}#trial-{header['trial']}" if "trial" in header else str(header["arm"]),
                 "seed": int(header["seed"]),
                 "config": header["config"],
                 "state": state,

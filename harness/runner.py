@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,10 @@ def evaluate_run(run_dir: Path, device: torch.device, tasks: list[str] | None = 
     return downstream
 
 
+class RunPruned(Exception):
+    """Raised by an `on_eval` hook to stop a run early (a search's pruner); recorded as `pruned`."""
+
+
 def describe_plan(data: PreparedData, batches: PretrainingBatches, steps: int, run: Run) -> str:
     lengths = data.train.lengths
     per_step = batches.mean_tokens_per_step
@@ -101,10 +106,17 @@ def describe_plan(data: PreparedData, batches: PretrainingBatches, steps: int, r
 
 
 def execute_run(
-    run: Run, run_dir: Path, cache: StageCache, device: torch.device, progress: bool = True, log=print
+    run: Run,
+    run_dir: Path,
+    cache: StageCache,
+    device: torch.device,
+    progress: bool = True,
+    log=print,
+    on_eval: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one run, recording everything under run_dir. Raises on failure after
-    recording the run as failed with its error."""
+    recording the run as failed with its error. `on_eval` sees every held-out evaluation during
+    training and may raise RunPruned to stop the run."""
     record = RunRecord(run_dir)
     config = run.config
     header = run.header
@@ -133,9 +145,12 @@ def execute_run(
         def evaluate_heldout() -> dict[str, float]:
             return heldout_mlm(model, heldout_batches, device, train_cfg.precision)
 
-        result = train(
-            model, batches, train_cfg, steps, device, record.append_metrics, evaluate_heldout, progress=progress
-        )
+        def log_metrics(row: dict[str, Any]) -> None:
+            record.append_metrics(row)
+            if on_eval is not None and "heldout_loss" in row:
+                on_eval(row)
+
+        result = train(model, batches, train_cfg, steps, device, log_metrics, evaluate_heldout, progress=progress)
         heldout = evaluate_heldout()
         record.append_metrics({"step": result.steps, "tokens": result.tokens_seen, **heldout})
         downstream = evaluate_downstream(
@@ -174,7 +189,7 @@ def execute_run(
         record.finish(summary)
         return summary
     except BaseException as err:
-        state = "failed"
+        state = "pruned" if isinstance(err, RunPruned) else "failed"
         record.set_status(
             state,
             error=f"{type(err).__name__}: {err}",

@@ -10,12 +10,12 @@ from __future__ import annotations
 import functools
 import re
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from harness.config import (
     ConfigError,
@@ -42,6 +42,79 @@ class ComparisonSpec(Schema):
     paper: PaperRef | None = Field(None, description="The paper's rows for the same two settings, if any.")
 
 
+class ParamSpace(Schema):
+    """One searched config field."""
+
+    type: typing.Literal["float", "log_float", "int", "log_int", "categorical"]
+    low: float | None = Field(None, description="Lower bound (float / int types).")
+    high: float | None = Field(None, description="Upper bound, inclusive (float / int types).")
+    step: float | None = Field(None, gt=0, description="Grid step (float / int types, not with log).")
+    choices: list[Any] | None = Field(None, description="Values to choose from (categorical).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParamSpace:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical space needs a non-empty `choices` list")
+            if self.low is not None or self.high is not None:
+                raise ValueError("a categorical space takes `choices`, not low/high")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"a {self.type} space takes low/high, not `choices`")
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} space needs `low` and `high`")
+        if not self.low < self.high:
+            raise ValueError(f"empty range: low {self.low} must be below high {self.high}")
+        if self.type.startswith("log") and self.low <= 0:
+            raise ValueError(f"a log range must be positive; low is {self.low}")
+        if self.type.startswith("log") and self.step is not None:
+            raise ValueError("a log space has no `step`")
+        if self.type.endswith("int") and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError("an int space needs whole-number bounds")
+        return self
+
+
+class SearchObjective(Schema):
+    metric: str = Field(description="Any metric a run reports, e.g. heldout_loss or sst2.accuracy.")
+    direction: typing.Literal["minimize", "maximize"] | None = Field(
+        None, description="Default: minimize losses and perplexities, maximize everything else."
+    )
+
+
+class SamplerSpec(Schema):
+    kind: typing.Literal["tpe", "random"] = "tpe"
+    seed: int = Field(0, description="Sampler seed; worker k of a search uses seed + k.")
+    startup_trials: int = Field(4, ge=0, description="Random trials before TPE models the space.")
+
+
+class PrunerSpec(Schema):
+    kind: typing.Literal["none", "median", "successive_halving", "hyperband"] = "median"
+    startup_trials: int = Field(2, ge=0, description="Median: finished trials before any pruning.")
+    warmup_reports: int = Field(1, ge=0, description="Median: reports of a trial before it can be pruned.")
+    min_resource: int = Field(1, ge=1, description="Halving / hyperband: reports before the first rung.")
+    reduction_factor: int = Field(3, ge=2, description="Halving / hyperband: 1/factor of trials go on per rung.")
+
+
+class SearchSpec(Schema):
+    objective: SearchObjective
+    space: dict[str, ParamSpace] = Field(min_length=1, description="Config path (train.lr) -> its range.")
+    trials: int | None = Field(20, ge=1, description="Trials in the whole study (all workers together).")
+    timeout_s: float | None = Field(None, gt=0, description="Stop starting trials after this long (per worker).")
+    sampler: SamplerSpec = SamplerSpec()
+    pruner: PrunerSpec = PrunerSpec()
+    report_every_tokens: int | None = Field(
+        None, ge=1, description="Held-out loss every this many training tokens, fed to the pruner."
+    )
+    per_arm: bool = Field(False, description="One study per arm, each arm compared at its own best setting.")
+    seed: int | None = Field(None, description="Pretraining seed of every trial (default: the suite's first).")
+    enqueue: list[dict[str, Any]] = Field(
+        default_factory=list, description="Points tried first, e.g. the current setting: {train.lr: 1e-4}."
+    )
+    heartbeat_s: int = Field(60, ge=1, description="A running trial's heartbeat interval.")
+    grace_s: int = Field(180, ge=2, description="A trial silent this long belongs to a dead worker: retried.")
+    max_retries: int = Field(2, ge=0, description="Retries of a trial whose worker died.")
+
+
 class SuiteSpec(Schema):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Suite name; results go to <out>/<name>/.")
     description: str = Field("", description="What the suite asks.")
@@ -55,6 +128,7 @@ class SuiteSpec(Schema):
     comparisons: list[ComparisonSpec] = Field(
         default_factory=list, description="Pairs of arms to compare (default: every arm against the baseline)."
     )
+    search: SearchSpec | None = Field(None, description="A hyperparameter search over this suite (harness search).")
 
     def comparison_list(self, baseline: str | None = None) -> list[ComparisonSpec]:
         """The comparisons a report makes: every arm against `baseline` when one is given, else the
@@ -71,6 +145,7 @@ class Run:
     arm: str
     seed: int
     config: RunConfig
+    tags: dict[str, Any] = field(default_factory=dict)  # e.g. a search's study and trial number
 
     @property
     def run_id(self) -> str:
@@ -79,7 +154,7 @@ class Run:
     @property
     def header(self) -> dict[str, Any]:
         """What a run record says about where the run comes from."""
-        return {"suite": self.suite, "arm": self.arm, "seed": self.seed, "run_id": self.run_id}
+        return {"suite": self.suite, "arm": self.arm, "seed": self.seed, "run_id": self.run_id, **self.tags}
 
 
 @dataclass(frozen=True)
@@ -122,8 +197,8 @@ def _schema_tree(model: Any) -> dict[str, Any] | None:
     if fields is None:
         return None
     tree: dict[str, Any] = {}
-    for name, field in fields.items():
-        annotation = field.annotation
+    for name, info in fields.items():
+        annotation = info.annotation
         members = [annotation, *getattr(annotation, "__args__", ())]
         # a union of schemas (the corpus sources): the keys of all members are acceptable here
         subtrees = [t for t in (_schema_tree(m) for m in members if isinstance(m, type)) if t is not None]
@@ -272,4 +347,50 @@ def load_suite(path: str | Path, overrides: list[str] = (), arms: list[str] | No
         task = metric.split(".")[0]
         if "." in metric and any(task not in r.config.eval.tasks for r in runs):
             raise ConfigError(source, "metrics", f"{metric!r} needs eval.tasks to include {task!r} in every arm")
+    if spec.search is not None:
+        _check_search(spec.search, source, runs, known_metrics)
     return Suite(path=path, spec=spec, runs=runs)
+
+
+def _search_bounds(space: ParamSpace) -> list[Any]:
+    if space.type == "categorical":
+        return list(space.choices or [])
+    cast = int if space.type.endswith("int") else float
+    return [cast(space.low), cast(space.high)]
+
+
+def _check_search(search: SearchSpec, source: str, runs: list[Run], known_metrics: list[str]) -> None:
+    """A search that cannot work is an error before any trial: unknown paths, values the config
+    rejects at either end of a range, an unknown objective, enqueued points outside the space."""
+    metric = search.objective.metric
+    if metric not in known_metrics:
+        raise ConfigError(source, "search.objective.metric", f"unknown metric {metric!r}")
+    if "." in metric and any(metric.split(".")[0] not in r.config.eval.tasks for r in runs):
+        raise ConfigError(source, "search.objective.metric", f"{metric!r} needs its task in eval.tasks of every arm")
+    firsts = {r.arm: r for r in runs if r.seed == runs[0].seed}
+    for path, space in search.space.items():
+        where = f"search.space.{path}"
+        parts = path.split(".")
+        if path == "train.seed":
+            raise ConfigError(source, where, "the pretraining seed is not a hyperparameter (see search.seed)")
+        _check_override_keys(nested(parts, None), source, "search.space")
+        for value in _search_bounds(space):
+            for run in firsts.values():
+                trial = deep_merge(run.config.model_dump(mode="json"), nested(parts, value))
+                try:
+                    validate_run_config(trial, source)
+                except ConfigError as err:
+                    raise ConfigError(source, where, f"value {value!r} is not accepted: {err.message}") from None
+    for index, point in enumerate(search.enqueue):
+        unknown = sorted(set(point) - set(search.space))
+        if unknown:
+            raise ConfigError(source, f"search.enqueue.{index}", f"{', '.join(unknown)} not in search.space")
+        for path, value in point.items():
+            space = search.space[path]
+            inside = (
+                value in (space.choices or [])
+                if space.type == "categorical"
+                else isinstance(value, (int, float)) and space.low <= value <= space.high
+            )
+            if not inside:
+                raise ConfigError(source, f"search.enqueue.{index}.{path}", f"{value!r} is outside the space")
