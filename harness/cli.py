@@ -1,4 +1,4 @@
-"""`harness run | data | eval | search | report | ls`. Exit status 2 for bad input, 1 when any run failed."""
+"""`harness run | data | eval | search | bench | report | ls`. Exit status 2 for bad input, 1 when any run failed."""
 
 from __future__ import annotations
 
@@ -106,7 +106,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             continue
         print(f"{label}: training on {device}")
         try:
-            summary = execute_run(run, run_dir, cache, device, progress=not args.no_progress)
+            summary = execute_run(
+                run, run_dir, cache, device, progress=not args.no_progress, compile_model=args.compile
+            )
         except KeyboardInterrupt:
             print(f"{label}: interrupted; recorded as failed", file=sys.stderr)
             return 130
@@ -222,6 +224,32 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from harness.bench import BENCH_PRESETS, BenchSpec, run_bench, summarize
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device", "device", "cuda requested but no CUDA device is available")
+    if args.vs == "hf":
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            raise ConfigError("--vs", "hf", "needs transformers: pip install -e '.[bench]'") from None
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.preset not in BENCH_PRESETS:
+        raise ConfigError("--preset", "preset", f"expected one of {', '.join(BENCH_PRESETS)}")
+    spec = BenchSpec(args.preset, args.seq, args.vocab, args.batch, device, args.steps, args.pairs, args.warmup)
+    report = run_bench(spec, vs_hf=args.vs == "hf", switches=args.switches)
+    print(summarize(report))
+    if args.json:
+        from harness.records import atomic_write_json
+
+        atomic_write_json(Path(args.json), report)
+        print(f"written: {args.json}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
@@ -321,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
     run.add_argument("--dry-run", action="store_true", help="print the resolved runs and configs; train nothing")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--compile", action="store_true", help="train through torch.compile (falls back to eager)")
     run.add_argument("--no-report", action="store_true", help="do not write the suite's report at the end")
     run.add_argument("--report-out", help="report directory (default: reports/<suite> beside the results root)")
     run.set_defaults(func=cmd_run)
@@ -352,6 +381,20 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--report-out", help="report directory (default: reports/<suite>; the search goes in search/)")
     search.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set on spawned workers
     search.set_defaults(func=cmd_search)
+
+    bench = sub.add_parser("bench", help="training-step throughput, vs Hugging Face on the same model (--vs hf)")
+    bench.add_argument("--preset", default="tiny", help="tiny (4x256) | small (4x512) | base (12x768)")
+    bench.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
+    bench.add_argument("--vocab", type=int, default=50265, help="vocabulary size (default 50265)")
+    bench.add_argument("--batch", type=int, default=32, help="sequences per step (default 32)")
+    bench.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
+    bench.add_argument("--vs", choices=["hf"], help="interleave with RobertaForMaskedLM on the same configuration")
+    bench.add_argument("--steps", type=int, default=6, help="timed steps per measurement (default 6)")
+    bench.add_argument("--pairs", type=int, default=3, help="A B measurement pairs (default 3)")
+    bench.add_argument("--warmup", type=int, default=2, help="untimed steps per side first (default 2)")
+    bench.add_argument("--switches", action="store_true", help="also measure each fast-path switch off vs on")
+    bench.add_argument("--json", help="write the full results here (results/bench/...)")
+    bench.set_defaults(func=cmd_bench)
 
     report = sub.add_parser("report", help="tables, statistics, figures and report.md/.html comparing a suite's arms")
     report.add_argument("source", nargs="+", help="suite YAML file(s) or results director(ies); several are compared")

@@ -57,7 +57,7 @@ def heldout_mlm(
             out = model(mb.input_ids, mb.token_type_ids, mb.attention_mask, mb.mlm_labels)
         loss_sum += float(out.mlm_loss_sum)
         masked += out.masked
-        correct += out.mlm_correct
+        correct += int(out.mlm_correct)
     model.train(was_training)
     loss = loss_sum / max(1, masked)
     return {"heldout_loss": loss, "heldout_ppl": math.exp(min(loss, 50.0)), "heldout_acc": correct / max(1, masked)}

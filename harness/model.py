@@ -47,6 +47,7 @@ class SelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden, config.hidden)
         self.value = nn.Linear(config.hidden, config.hidden)
         self.dropout_p = config.attention_dropout
+        self.use_sdpa = True  # False: the explicit softmax(QK^T/sqrt(d))V, kept to measure SDPA's worth
 
     def forward(self, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
         batch, length, hidden = x.shape
@@ -56,9 +57,13 @@ class SelfAttention(nn.Module):
             return t.view(batch, length, self.heads, head_dim).transpose(1, 2)
 
         q, k, v = split_heads(self.query(x)), split_heads(self.key(x)), split_heads(self.value(x))
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attend, dropout_p=self.dropout_p if self.training else 0.0
-        )
+        dropout_p = self.dropout_p if self.training else 0.0
+        if self.use_sdpa:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=dropout_p)
+        else:
+            scores = (q @ k.transpose(-2, -1)) / head_dim**0.5  # [B, heads, L, L]
+            scores = scores.masked_fill(~attend, torch.finfo(scores.dtype).min)
+            out = F.dropout(scores.softmax(-1), dropout_p, self.training) @ v
         return out.transpose(1, 2).reshape(batch, length, hidden)
 
 
@@ -170,7 +175,7 @@ def init_weights(module: nn.Module, std: float) -> None:
 class PretrainLosses:
     mlm_loss_sum: torch.Tensor  # summed over masked positions
     masked: int
-    mlm_correct: int
+    mlm_correct: torch.Tensor  # a 0-d count, left on the device: reading it every step would sync a GPU
     nsp_loss_sum: torch.Tensor | None  # summed over pair sequences
     pairs: int
 
@@ -186,6 +191,9 @@ class PretrainingModel(nn.Module):
         # BERT's NSP reads the pooled first token: tanh(dense(h_cls)), then a 2-way classifier
         self.pooler = nn.Linear(config.hidden, config.hidden) if nsp else None
         self.nsp_head = nn.Linear(config.hidden, 2) if nsp else None
+        # True: project every position to the vocabulary and select the masked ones afterwards, as
+        # Hugging Face's RobertaForMaskedLM does; kept to measure what projecting only them is worth
+        self.project_all_positions = False
         init_weights(self, config.init_std)
 
     def forward(
@@ -199,9 +207,14 @@ class PretrainingModel(nn.Module):
         hidden = self.roberta(input_ids, token_type_ids, attention_mask)  # [B, L, H]
         predicted = mlm_labels != IGNORE
         targets = mlm_labels[predicted]  # [M]
-        logits = self.lm_head(hidden[predicted], self.roberta.embeddings.word_embeddings.weight)  # [M, V]
+        word_embeddings = self.roberta.embeddings.word_embeddings.weight
+        if self.project_all_positions:
+            logits = self.lm_head(hidden, word_embeddings)[predicted]  # [B, L, V] -> [M, V]
+        else:
+            logits = self.lm_head(hidden[predicted], word_embeddings)  # [M, V]
         mlm_loss = F.cross_entropy(logits.float(), targets, reduction="sum")
-        correct = int((logits.argmax(-1) == targets).sum())
+        # accuracy is an evaluation figure: skip the argmax over [M, V] while training
+        correct = (logits.detach().argmax(-1) == targets).sum() if not self.training else targets.new_zeros(())
         nsp_loss, pairs = None, 0
         if self.nsp_head is not None and nsp_labels is not None:
             has_pair = nsp_labels >= 0
@@ -209,6 +222,24 @@ class PretrainingModel(nn.Module):
             nsp_logits = self.nsp_head(torch.tanh(self.pooler(hidden[has_pair, 0])))  # first token: <cls>
             nsp_loss = F.cross_entropy(nsp_logits.float(), nsp_labels[has_pair], reduction="sum")
         return PretrainLosses(mlm_loss, int(targets.numel()), correct, nsp_loss, pairs)
+
+
+def set_fast_path(model: nn.Module, masked_only_logits: bool = True, sdpa: bool = True) -> None:
+    """Switch the model's fast paths on or off (benchmarks and equivalence tests); both give the same
+    loss up to float rounding."""
+    for module in model.modules():
+        if isinstance(module, PretrainingModel):
+            module.project_all_positions = not masked_only_logits
+        if isinstance(module, SelfAttention):
+            module.use_sdpa = sdpa
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A state dict without the `_orig_mod.` prefix torch.compile adds, on the CPU, contiguous: what
+    checkpoints hold, so a compiled model's weights load into an uncompiled one."""
+    return {
+        key.replace("_orig_mod.", ""): value.detach().cpu().contiguous() for key, value in model.state_dict().items()
+    }
 
 
 class SequenceClassifier(nn.Module):

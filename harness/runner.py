@@ -23,7 +23,7 @@ from harness.data.cache import StageCache
 from harness.data.pipeline import PreparedData, prepare_data
 from harness.data.tokenizer import SpecialTokens, special_tokens
 from harness.evaluate import evaluate_downstream, fixed_mask_batches, flat_downstream_metrics, heldout_mlm
-from harness.model import PretrainingModel
+from harness.model import PretrainingModel, plain_state_dict
 from harness.records import SCHEMA_VERSION, RunRecord
 from harness.suite import Run
 from harness.train import planned_steps, train
@@ -113,6 +113,7 @@ def execute_run(
     progress: bool = True,
     log=print,
     on_eval: Callable[[dict[str, Any]], None] | None = None,
+    compile_model: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate one run, recording everything under run_dir. Raises on failure after
     recording the run as failed with its error. `on_eval` sees every held-out evaluation during
@@ -150,7 +151,7 @@ def execute_run(
             if on_eval is not None and "heldout_loss" in row:
                 on_eval(row)
 
-        result = train(model, batches, train_cfg, steps, device, log_metrics, evaluate_heldout, progress=progress)
+        result = train(model, batches, train_cfg, steps, device, log_metrics, evaluate_heldout, progress, compile_model)
         heldout = evaluate_heldout()
         record.append_metrics({"step": result.steps, "tokens": result.tokens_seen, **heldout})
         downstream = evaluate_downstream(
@@ -159,8 +160,7 @@ def execute_run(
 
         checkpoint = run_dir / "checkpoint"
         checkpoint.mkdir(exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(checkpoint / "model.safetensors"))
+        save_file(plain_state_dict(model), str(checkpoint / "model.safetensors"))
         data.tokenizer.save(str(checkpoint / "tokenizer.json"))
 
         metrics = {"train_loss": result.train_loss, **heldout}
@@ -184,6 +184,7 @@ def execute_run(
                 "python": platform.python_version(),
                 "code": code_version(),
                 "threads": torch.get_num_threads(),
+                "compile": compile_model,
             },
         }
         record.finish(summary)

@@ -5,7 +5,9 @@ of optimizer steps and a TrainConfig, and returns what it did.
 from __future__ import annotations
 
 import math
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -70,6 +72,46 @@ def planned_steps(config: TrainConfig, tokens_per_step: float) -> int:
     return max(1, math.ceil(config.token_budget / tokens_per_step))
 
 
+class Prefetcher:
+    """Builds the next steps' micro-batches on a background thread while the current step computes
+    (masking and collation are numpy work that releases the GIL for most of its time). Steps come out
+    in exactly the source's order, so results do not depend on it; on CUDA they are pinned, so the
+    copy to the device can overlap too."""
+
+    def __init__(self, source: StepSource, steps: int, depth: int = 2, pin: bool = False):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._fill, args=(source, steps, pin), daemon=True)
+        self._thread.start()
+
+    def _fill(self, source: StepSource, steps: int, pin: bool) -> None:
+        try:
+            for _ in range(steps):
+                step = source.next_step()
+                self._queue.put([mb.pin_memory() for mb in step] if pin else step)
+        except BaseException as err:  # handed to the training thread, raised there
+            self._queue.put(err)
+
+    def next_step(self) -> list[MicroBatch]:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+def compile_or_eager(model: nn.Module, log: Callable[[dict[str, Any]], None]) -> nn.Module:
+    """torch.compile when it works here; the eager model (and a logged reason) when it does not."""
+    try:
+        return torch.compile(model)
+    except Exception as err:  # no compiler toolchain, unsupported platform or model
+        _compile_failed(err, log)
+        return model
+
+
+def _compile_failed(err: Exception, log: Callable[[dict[str, Any]], None]) -> None:
+    print(f"  torch.compile unavailable ({type(err).__name__}: {err}); training eagerly", file=sys.stderr)
+    log({"event": "compile_failed", "error": f"{type(err).__name__}: {err}"})
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -88,10 +130,14 @@ def train(
     log: Callable[[dict[str, Any]], None],
     evaluate: Callable[[], dict[str, float]] | None = None,
     progress: bool = True,
+    compile_model: bool = False,
 ) -> TrainResult:
-    """Train for `total_steps` optimizer steps, logging to `log` and evaluating every eval_every steps."""
+    """Train for `total_steps` optimizer steps, logging to `log` and evaluating every eval_every steps.
+    `compile_model` runs the steps through torch.compile (the eager model is what callers keep and save)."""
     model.to(device).train()
     optimizer = build_optimizer(model, config, device)
+    step_model = compile_or_eager(model, log) if compile_model else model
+    upcoming = Prefetcher(batches, total_steps, pin=device.type == "cuda")
     warmup_steps = int(config.warmup_fraction * total_steps)
     tokens_seen = sequences_seen = 0
     recent_losses: list[float] = []
@@ -106,22 +152,35 @@ def train(
         lr = lr_at(step, total_steps, warmup_steps, config.lr, config.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        micro_batches = [mb.to(device) for mb in batches.next_step()]
-        # normalise by the whole step's counts so accumulation equals one large batch exactly
-        step_masked = sum(mb.masked_tokens for mb in micro_batches)
-        step_pairs = sum(int((mb.nsp_labels >= 0).sum()) for mb in micro_batches)
-        mlm_total = nsp_total = 0.0
-        for mb in micro_batches:
+        host_batches = upcoming.next_step()
+        # normalise by the whole step's counts so accumulation equals one large batch exactly (counted
+        # on the host copies: counting on the device would wait for it)
+        step_masked = sum(mb.masked_tokens for mb in host_batches)
+        step_pairs = sum(int((mb.nsp_labels >= 0).sum()) for mb in host_batches)
+        real_tokens = [mb.real_tokens for mb in host_batches]
+        micro_batches = [mb.to(device) for mb in host_batches]
+        # summed on the device, read once per step: a read per micro-batch would stall a GPU's queue
+        mlm_total = torch.zeros((), device=device)
+        nsp_total = torch.zeros((), device=device)
+        for mb, real in zip(micro_batches, real_tokens):
+            inputs = (mb.input_ids, mb.token_type_ids, mb.attention_mask, mb.mlm_labels, mb.nsp_labels)
             with autocast_for(config.precision, device):
-                out = model(mb.input_ids, mb.token_type_ids, mb.attention_mask, mb.mlm_labels, mb.nsp_labels)
+                try:
+                    out = step_model(*inputs)
+                except Exception as err:  # compilation happens at the first call: fall back there
+                    if step_model is model:
+                        raise
+                    _compile_failed(err, log)
+                    step_model = model
+                    out = model(*inputs)
             loss = out.mlm_loss_sum / max(1, step_masked)
-            mlm_total += float(out.mlm_loss_sum.detach())
+            mlm_total += out.mlm_loss_sum.detach()
             if out.nsp_loss_sum is not None and step_pairs:
                 loss = loss + out.nsp_loss_sum / step_pairs
-                nsp_total += float(out.nsp_loss_sum.detach())
+                nsp_total += out.nsp_loss_sum.detach()
             loss.backward()
-            tokens_seen += mb.real_tokens
-            window_tokens += mb.real_tokens
+            tokens_seen += real
+            window_tokens += real
             sequences_seen += mb.input_ids.shape[0]
         grad_norm = (
             float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm))
@@ -131,7 +190,7 @@ def train(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-        mlm_loss = mlm_total / max(1, step_masked)
+        mlm_loss = float(mlm_total) / max(1, step_masked)
         recent_losses.append(mlm_loss)
         if not math.isfinite(mlm_loss):
             raise FloatingPointError(f"loss is {mlm_loss} at step {step + 1} (lr {lr:.3g}, grad norm {grad_norm:.3g})")
@@ -146,7 +205,7 @@ def train(
                 "tokens_per_s": round(window_tokens / max(now - window_start, 1e-9), 1),
             }
             if step_pairs:
-                record["nsp_loss"] = round(nsp_total / step_pairs, 5)
+                record["nsp_loss"] = round(float(nsp_total) / step_pairs, 5)
             log(record)
             bar.set_postfix(
                 loss=f"{mlm_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False

@@ -59,6 +59,17 @@ def _train_once(micro_batch_size: int) -> PretrainingModel:
     return model
 
 
+def tiny_training(compile_model: bool) -> tuple[list[float], list[dict]]:
+    """Training losses of 3 steps of a 1-layer model, and the non-metric events the trainer logged."""
+    torch.manual_seed(0)
+    model = PretrainingModel(ModelConfig(layers=1, hidden=32, heads=2, ffn=64, max_len=32), 64, SPECIALS.pad, False)
+    batches = PretrainingBatches(_sequences(), SPECIALS, 64, MaskingConfig(), 0, 8, batch_size=16)
+    config = TrainConfig(batch_size=16, steps=3, micro_batch_size=8, log_every=1)
+    rows: list[dict] = []
+    train(model, batches, config, 3, torch.device("cpu"), rows.append, progress=False, compile_model=compile_model)
+    return [r["train_loss"] for r in rows if "train_loss" in r], [r for r in rows if "event" in r]
+
+
 def test_nsp_head_reads_a_pooled_first_token_as_bert_does():
     model = PretrainingModel(ModelConfig(layers=1, hidden=32, heads=2, ffn=64, max_len=32), 64, SPECIALS.pad, nsp=True)
     names = {name for name, _ in model.named_parameters()}

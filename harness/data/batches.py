@@ -35,6 +35,9 @@ class MicroBatch:
     def masked_tokens(self) -> int:
         return int((self.mlm_labels != IGNORE).sum())
 
+    def pin_memory(self) -> MicroBatch:
+        return MicroBatch(*(t.pin_memory() for t in vars(self).values()))
+
     def to(self, device: torch.device) -> MicroBatch:
         return MicroBatch(*(t.to(device, non_blocking=True) for t in vars(self).values()))
 
