@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -64,68 +65,171 @@ def check_task_data(suite: Suite) -> None:
                 raise ConfigError(str(suite.path), f"eval.tasks ({task})", str(err)) from None
 
 
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """`i/N` (1-based) -> (i, N)."""
+    if text is None:
+        return None
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ConfigError("--shard", "shard", f"expected I/N such as 2/4, got {text!r}") from None
+    if not 1 <= index <= count:
+        raise ConfigError("--shard", "shard", f"expected 1 <= I <= N, got {text!r}")
+    return index, count
+
+
+def shard_runs(runs: list, shard: tuple[int, int] | None) -> list:
+    """A deterministic 1/N of the runs: every N-th in suite order, starting at the I-th. The N
+    shards together hold every run exactly once, with no coordination between machines."""
+    if shard is None:
+        return list(runs)
+    index, count = shard
+    return [run for position, run in enumerate(runs) if position % count == index - 1]
+
+
+def check_record_versions(suite: Suite, out_root: Path) -> None:
+    """A results directory written by an incompatible version is refused, never overwritten."""
+    from harness.records import SCHEMA_VERSION, read_json
+
+    for run in suite.runs:
+        for name in ("config.json", "status.json"):
+            existing = read_json(suite.run_dir(out_root, run) / name)
+            if existing is not None and existing.get("schema_version") != SCHEMA_VERSION:
+                raise ConfigError(
+                    str(suite.run_dir(out_root, run) / name),
+                    "schema_version",
+                    f"written by record schema {existing.get('schema_version')}; this version writes "
+                    f"{SCHEMA_VERSION}. Use another --out, or move the old results away.",
+                )
+
+
+def run_on_gpus(args: argparse.Namespace, gpus: list[str]) -> int:
+    """One `harness run` per GPU, each with its own shard of the suite, side by side."""
+    import subprocess
+
+    argv = [sys.executable, "-m", "harness", "run", args.suite, "--out", args.out, "--device", "cuda", "--no-report"]
+    for flag, value in (("--set", args.set), ("--arm", args.arm)):
+        for item in value or []:
+            argv += [flag, item]
+    if args.no_progress:
+        argv.append("--no-progress")
+    if args.compile:
+        argv.append("--compile")
+    processes = []
+    for position, gpu in enumerate(gpus, 1):
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+        processes.append(subprocess.Popen([*argv, "--shard", f"{position}/{len(gpus)}"], env=env))
+    status = max(p.wait() for p in processes)
+    if not args.no_report:
+        _report_after_run(args, Path(args.out))
+    return status
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite, overrides=args.set or [], arms=args.arm)
+    shard = parse_shard(args.shard)
     out_root = Path(args.out)
-    total = len(suite.runs)
-    print(f"suite {suite.name}: {len(suite.spec.arms)} arm(s) x {len(suite.spec.seeds)} seed(s) -> {total} run(s)")
+    runs = shard_runs(suite.runs, shard)
+    total = len(runs)
+    part = f", shard {shard[0]}/{shard[1]}: {total} of them" if shard else ""
+    print(f"suite {suite.name}: {len(suite.spec.arms)} arm(s) x {len(suite.spec.seeds)} seed(s) -> "
+          f"{len(suite.runs)} run(s){part}")  # fmt: skip
     if args.dry_run:
         rows = []
-        for run in suite.runs:
+        for run in runs:
             state = "done" if RunRecord(suite.run_dir(out_root, run)).is_done() else "to run"
             rows.append([run.arm, str(run.seed), run.run_id, state])
         print(_format_table(["arm", "seed", "run-id", "state"], rows))
-        for arm, runs in suite.by_arm().items():
+        for arm, arm_runs in suite.by_arm().items():
             print(f"\n[{arm}] resolved config (seed varies):")
-            print(json.dumps(runs[0].config.model_dump(mode="json"), indent=2))
+            print(json.dumps(arm_runs[0].config.model_dump(mode="json"), indent=2))
         return 0
+    check_record_versions(suite, out_root)
+    if args.gpus:
+        return run_on_gpus(args, [g.strip() for g in args.gpus.split(",") if g.strip()])
 
     import torch  # imported late: `--dry-run` and bad-input errors stay fast
 
     from harness.data.cache import StageCache
-    from harness.runner import execute_run
+    from harness.distributed import from_environment
+    from harness.records import RunLock
+    from harness.results import write_manifest
+    from harness.runner import RunOptions, execute_run
 
     check_task_data(suite)
-    from harness.results import write_manifest
-
-    write_manifest(out_root / suite.name, suite, args.set or [])
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device", "device", "cuda requested but no CUDA device is available")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ranks = from_environment(device_type)
+    device = torch.device(f"cuda:{ranks.local_rank}" if device_type == "cuda" and ranks.enabled else device_type)
+    options = RunOptions(args.compile, args.checkpoint_every, args.keep_checkpoints, args.spike_factor, ranks)
     cache = StageCache(out_root / "_cache")
-    for run in suite.runs:  # the whole suite is visible (`harness ls`) before the first run starts
-        RunRecord(suite.run_dir(out_root, run)).register(run.header, run.config.model_dump(mode="json"))
-    skipped = trained = 0
+    if ranks.is_main:
+        write_manifest(out_root / suite.name, suite, args.set or [])
+        for run in suite.runs:  # the whole suite is visible (`harness ls`) before the first run starts
+            RunRecord(suite.run_dir(out_root, run)).register(run.header, run.config.model_dump(mode="json"))
+    skipped = trained = busy = 0
     failed: list[str] = []
-    for number, run in enumerate(suite.runs, 1):
+    diverged: list[str] = []
+    for number, run in enumerate(runs, 1):
         run_dir = suite.run_dir(out_root, run)
         label = f"[{number}/{total}] {run.arm} seed={run.seed} ({run.run_id})"
-        if RunRecord(run_dir).is_done():
-            print(f"{label}: already done, skipped")
+        lock = RunLock(run_dir)
+        decision = "train"
+        if ranks.is_main:
+            if RunRecord(run_dir).is_done():
+                decision = "done"
+            elif not lock.acquire():
+                decision = "busy"
+            elif RunRecord(run_dir).is_done():  # finished by another process just before we locked it
+                lock.release()
+                decision = "done"
+        decision = ranks.broadcast(decision)
+        if decision == "done":
+            if ranks.is_main:
+                print(f"{label}: already done, skipped")
             skipped += 1
             continue
-        print(f"{label}: training on {device}")
-        try:
-            summary = execute_run(
-                run, run_dir, cache, device, progress=not args.no_progress, compile_model=args.compile
-            )
-        except KeyboardInterrupt:
-            print(f"{label}: interrupted; recorded as failed", file=sys.stderr)
-            return 130
-        except Exception as err:  # a failed run is recorded; the suite goes on with the next one
-            print(f"{label}: FAILED: {type(err).__name__}: {err}", file=sys.stderr)
-            failed.append(run.run_id)
+        if decision == "busy":
+            print(f"{label}: being trained by {lock.holder()}, skipped")
+            busy += 1
             continue
+        if ranks.is_main:
+            where = f"{ranks.world} processes" if ranks.enabled else str(device)
+            print(f"{label}: training on {where}")
+        with lock:
+            try:
+                summary = execute_run(run, run_dir, cache, device, progress=not args.no_progress, options=options)
+            except KeyboardInterrupt:
+                print(f"{label}: interrupted; recorded as failed", file=sys.stderr)
+                return 130
+            except Exception as err:  # a failed run is recorded; the suite goes on with the next one
+                from harness.train import Diverged
+
+                if isinstance(err, Diverged):
+                    print(f"{label}: DIVERGED: {err}", file=sys.stderr)
+                    diverged.append(run.run_id)
+                else:
+                    print(f"{label}: FAILED: {type(err).__name__}: {err}", file=sys.stderr)
+                    failed.append(run.run_id)
+                continue
         trained += 1
-        headline = suite.spec.metrics[0]
-        value = summary["metrics"].get(headline, float("nan"))
-        print(f"{label}: done in {summary['wall_s']:.0f}s, {headline} = {value:.4f}")
-    if trained == 0 and not failed:
+        if summary is not None:
+            headline = suite.spec.metrics[0]
+            value = summary["metrics"].get(headline, float("nan"))
+            print(f"{label}: done in {summary['wall_s']:.0f}s, {headline} = {value:.4f}")
+    if not ranks.is_main:
+        return 0
+    if trained == 0 and not failed and not diverged and not busy:
         print(f"all {skipped} run(s) were already done: nothing trained")
     print()
     print(suite_table(suite, out_root))
     if not args.no_report:
         _report_after_run(args, out_root)
+    if diverged:
+        print(f"\n{len(diverged)} run(s) diverged: {', '.join(diverged)} (recorded; see status.json)", file=sys.stderr)
+    if busy:
+        print(f"\n{busy} run(s) were being trained by other processes", file=sys.stderr)
     if failed:
         print(f"\n{len(failed)} run(s) failed: {', '.join(failed)} (see status.json in each)", file=sys.stderr)
         return 1
@@ -318,6 +422,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
         header = record.config or {}
         status = record.status or {}
         state = status.get("state", "unknown")
+        if state == "running":
+            from harness.records import RunLock
+
+            if not RunLock(record.dir).held_elsewhere():
+                state = "running? (stale: no live process holds it; `harness run` resumes it)"
         if state == "failed":
             state += f" ({status.get('error', '')[:60]})"
         rows.append(
@@ -349,6 +458,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
     run.add_argument("--dry-run", action="store_true", help="print the resolved runs and configs; train nothing")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--shard", metavar="I/N", help="train only the I-th of N deterministic shards of the runs")
+    run.add_argument("--gpus", help="comma-separated GPU ids: one process per GPU, each a shard of the runs")
+    run.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default 200)")
+    run.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept per run (default 2)")
+    run.add_argument(
+        "--spike-factor",
+        type=float,
+        default=0.0,
+        help="stop a run as diverged when its loss exceeds this x the median of recent steps (default 0: only NaN/inf)",
+    )
     run.add_argument("--compile", action="store_true", help="train through torch.compile (falls back to eager)")
     run.add_argument("--no-report", action="store_true", help="do not write the suite's report at the end")
     run.add_argument("--report-out", help="report directory (default: reports/<suite> beside the results root)")

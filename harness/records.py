@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
-STATES = ("pending", "running", "done", "failed", "pruned")  # pruned: stopped early by a search
+STATES = ("pending", "running", "done", "failed", "diverged", "pruned")  # pruned: stopped early by a search
 
 
 def atomic_write_json(path: Path, payload: Any) -> None:
@@ -76,6 +77,17 @@ class RunRecord:
         (self.dir / "summary.json").unlink(missing_ok=True)
         self.set_status("running", pid=os.getpid())
 
+    def resume(self, step: int) -> None:
+        """Continue after a crash from a checkpoint at `step`: metric rows logged after it (and the
+        final evaluation of an attempt that got that far) go, the rest stays."""
+        kept = [row for row in self.metrics() if row.get("step", 0) <= step and not row.get("final")]
+        path = self.dir / "metrics.jsonl"
+        tmp = path.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        os.replace(tmp, path)
+        (self.dir / "summary.json").unlink(missing_ok=True)
+        self.set_status("running", pid=os.getpid(), resumed_from_step=step)
+
     def set_status(self, state: str, **extra: Any) -> None:
         assert state in STATES, state
         atomic_write_json(
@@ -96,6 +108,64 @@ class RunRecord:
     def finish(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.dir / "summary.json", {"schema_version": SCHEMA_VERSION, **summary})
         self.set_status("done")
+
+
+class RunLock:
+    """An exclusive lock on a run directory for as long as a process trains it. The kernel drops the
+    lock when its process dies, however it dies, so there are no stale locks to clean up; the file
+    only says who holds it, for messages."""
+
+    def __init__(self, directory: Path):
+        self.path = Path(directory) / ".lock"
+        self._file = None
+
+    def acquire(self) -> bool:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()} {socket.gethostname()} {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+        handle.flush()
+        self._file = handle
+        return True
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "another process"
+        except OSError:
+            return "another process"
+
+    def held_elsewhere(self) -> bool:
+        """Whether some live process holds the lock now (a `running` status without one is stale)."""
+        if self._file is not None:
+            return False
+        if not self.path.exists():
+            return False
+        if self.acquire():
+            self.release()
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            import fcntl
+
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def find_records(root: Path) -> list[RunRecord]:

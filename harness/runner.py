@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import platform
+import shutil
 import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +19,18 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 import harness
+from harness.checkpoint import Checkpointer
 from harness.config import RunConfig
 from harness.data.batches import PretrainingBatches
 from harness.data.cache import StageCache
 from harness.data.pipeline import PreparedData, prepare_data
 from harness.data.tokenizer import SpecialTokens, special_tokens
+from harness.distributed import NOT_DISTRIBUTED, Distributed
 from harness.evaluate import evaluate_downstream, fixed_mask_batches, flat_downstream_metrics, heldout_mlm
 from harness.model import PretrainingModel, plain_state_dict
 from harness.records import SCHEMA_VERSION, RunRecord
 from harness.suite import Run
-from harness.train import planned_steps, train
+from harness.train import Diverged, RunGuards, planned_steps, train
 
 
 def code_version() -> str:
@@ -105,6 +109,17 @@ def describe_plan(data: PreparedData, batches: PretrainingBatches, steps: int, r
     )
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run is executed, not what it computes: none of this is part of the run id."""
+
+    compile_model: bool = False
+    checkpoint_every: int = 200  # optimizer steps between checkpoints (0: only at the end)
+    keep_checkpoints: int = 2
+    spike_factor: float = 0.0  # loss > factor x recent median stops the run as diverged (0: off)
+    distributed: Distributed = NOT_DISTRIBUTED
+
+
 def execute_run(
     run: Run,
     run_dir: Path,
@@ -114,14 +129,27 @@ def execute_run(
     log=print,
     on_eval: Callable[[dict[str, Any]], None] | None = None,
     compile_model: bool = False,
-) -> dict[str, Any]:
-    """Train and evaluate one run, recording everything under run_dir. Raises on failure after
-    recording the run as failed with its error. `on_eval` sees every held-out evaluation during
-    training and may raise RunPruned to stop the run."""
+    options: RunOptions | None = None,
+) -> dict[str, Any] | None:
+    """Train and evaluate one run, recording everything under run_dir. A run with a checkpoint
+    continues from it. Raises on failure after recording the run as failed (or diverged, or pruned)
+    with its error. `on_eval` sees every held-out evaluation during training and may raise RunPruned
+    to stop the run. Under torchrun every rank trains; rank 0 alone records, evaluates and returns
+    the summary (the others return None)."""
+    options = options or RunOptions(compile_model=compile_model)
+    ranks = options.distributed
     record = RunRecord(run_dir)
     config = run.config
     header = run.header
-    record.start(header, config.model_dump(mode="json"))
+    checkpointer = Checkpointer(run_dir / "checkpoints", options.checkpoint_every, options.keep_checkpoints)
+    if ranks.is_main:
+        found = checkpointer.latest()
+        if found is None:
+            record.start(header, config.model_dump(mode="json"))
+        else:
+            record.resume(found.step)
+    ranks.barrier()  # the other ranks read the checkpoint rank 0 has just vetted
+    record = record if ranks.is_main else None
     started = time.perf_counter()
     try:
         data = prepare_data(config.data, cache, config.eval.heldout_sequences)
@@ -147,13 +175,20 @@ def execute_run(
             return heldout_mlm(model, heldout_batches, device, train_cfg.precision)
 
         def log_metrics(row: dict[str, Any]) -> None:
-            record.append_metrics(row)
+            if record is not None:
+                record.append_metrics(row)
             if on_eval is not None and "heldout_loss" in row:
                 on_eval(row)
 
-        result = train(model, batches, train_cfg, steps, device, log_metrics, evaluate_heldout, progress, compile_model)
+        guards = RunGuards(checkpointer, options.spike_factor, distributed=ranks)
+        result = train(
+            model, batches, train_cfg, steps, device, log_metrics, evaluate_heldout, progress and ranks.is_main,
+            options.compile_model, guards,
+        )  # fmt: skip
+        if record is None:
+            return None  # not rank 0: training was this process's share
         heldout = evaluate_heldout()
-        record.append_metrics({"step": result.steps, "tokens": result.tokens_seen, **heldout})
+        record.append_metrics({"step": result.steps, "tokens": result.tokens_seen, "final": True, **heldout})
         downstream = evaluate_downstream(
             model, config, data.tokenizer, data.specials, device, run_dir / "predictions", log=log
         )
@@ -184,18 +219,24 @@ def execute_run(
                 "python": platform.python_version(),
                 "code": code_version(),
                 "threads": torch.get_num_threads(),
-                "compile": compile_model,
+                "compile": options.compile_model,
+                "world_size": ranks.world,
             },
         }
         record.finish(summary)
+        # the training state is only for resuming; the finished model is in checkpoint/
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         return summary
     except BaseException as err:
-        state = "pruned" if isinstance(err, RunPruned) else "failed"
+        if record is None:
+            raise
+        state = "pruned" if isinstance(err, RunPruned) else "diverged" if isinstance(err, Diverged) else "failed"
         record.set_status(
             state,
             error=f"{type(err).__name__}: {err}",
             traceback=traceback.format_exc(limit=20),
             interrupted=isinstance(err, KeyboardInterrupt),
+            **({"divergence": err.details} if isinstance(err, Diverged) else {}),
         )
         raise
     finally:

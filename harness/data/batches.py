@@ -35,6 +35,14 @@ class MicroBatch:
     def masked_tokens(self) -> int:
         return int((self.mlm_labels != IGNORE).sum())
 
+    @property
+    def rows(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, rows: slice) -> MicroBatch:
+        """Some of the rows (a smaller micro-batch after an out-of-memory error; one rank's share)."""
+        return MicroBatch(*(t[rows] for t in vars(self).values()))
+
     def pin_memory(self) -> MicroBatch:
         return MicroBatch(*(t.pin_memory() for t in vars(self).values()))
 
