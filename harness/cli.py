@@ -1,4 +1,6 @@
-"""`harness run | data | eval | search | bench | report | ls`. Exit status 2 for bad input, 1 when any run failed."""
+"""The command line: `harness run | data | eval | search | bench | export | import-hf | report | ls`.
+
+Exit status 2 for bad input, 1 when any run failed."""
 
 from __future__ import annotations
 
@@ -354,6 +356,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from harness.export import ExportError, export_run
+
+    try:
+        export_run(Path(args.run_dir), Path(args.out))
+    except ImportError:
+        raise ConfigError("export", "transformers", "needs transformers: pip install -e '.[bench]'") from None
+    except (ExportError, ValueError, OSError) as err:
+        print(f"error: {args.run_dir}: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from harness.export import ExportError, import_hf
+
+    try:
+        import_hf(Path(args.hf_dir), Path(args.out))
+    except ImportError:
+        raise ConfigError("import-hf", "transformers", "needs transformers: pip install -e '.[bench]'") from None
+    except (ExportError, ValueError, OSError) as err:
+        print(f"error: {args.hf_dir}: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
@@ -514,6 +542,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--switches", action="store_true", help="also measure each fast-path switch off vs on")
     bench.add_argument("--json", help="write the full results here (results/bench/...)")
     bench.set_defaults(func=cmd_bench)
+
+    export = sub.add_parser("export", help="write a finished run as a Hugging Face transformers checkpoint")
+    export.add_argument("run_dir", help="results/<suite>/<run-id>")
+    export.add_argument("--out", required=True, help="directory to write (from_pretrained loads it)")
+    export.add_argument("--format", choices=["hf"], default="hf", help="hf: transformers (the only format)")
+    export.set_defaults(func=cmd_export)
+
+    importer = sub.add_parser("import-hf", help="a local BERT/RoBERTa checkpoint as a run directory (for eval)")
+    importer.add_argument("hf_dir", help="transformers checkpoint directory (config.json, weights, tokenizer.json)")
+    importer.add_argument("--out", required=True, help="run directory to create, e.g. results/imported/roberta")
+    importer.set_defaults(func=cmd_import)
 
     report = sub.add_parser("report", help="tables, statistics, figures and report.md/.html comparing a suite's arms")
     report.add_argument("source", nargs="+", help="suite YAML file(s) or results director(ies); several are compared")
