@@ -124,7 +124,40 @@ def compiled(model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
         return model, f"eager (compile failed: {type(err).__name__})"
 
 
-class OursSide:
+class Side:
+    """One side of a comparison: a model, its optimizer and its data path. A step is timed in four
+    phases: waiting for the batch, forward (with the loss), backward, optimizer."""
+
+    name = "side"
+    device: torch.device
+    fast: FastPath
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def step(self, phases: Phases) -> None:
+        with phases("data"):
+            batch = self.next_batch()
+        with phases("forward"):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16) if self.fast.bf16 else nullcontext():
+                loss = self.loss(batch)
+        with phases("backward"):
+            loss.backward()
+        with phases("optimizer"):
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.last_loss = float(loss.detach())
+
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+class OursSide(Side):
     name = "ours"
 
     def __init__(self, spec: BenchSpec, fast: FastPath, device: torch.device, rows: np.ndarray):
@@ -158,27 +191,19 @@ class OursSide:
             self.upcoming = Prefetcher(self, steps=10**9)
         return {k: v.to(self.device, non_blocking=True) for k, v in self.upcoming.next_step()[0].items()}
 
-    def step(self, phases: Phases) -> None:
-        with phases("data"):
-            batch = self.batch()
-            types = torch.zeros_like(batch["input_ids"])
-            attend = torch.ones_like(batch["input_ids"], dtype=torch.bool)
-        with phases("forward"):
-            with torch.autocast(self.device.type, dtype=torch.bfloat16) if self.fast.bf16 else nullcontext():
-                out = self.forward_model(batch["input_ids"], types, attend, batch["labels"])
-            loss = out.mlm_loss_sum / max(1, out.masked)
-        with phases("backward"):
-            loss.backward()
-        with phases("optimizer"):
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        self.last_loss = float(loss.detach())
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        batch = self.batch()
+        batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+        batch["attention_mask"] = torch.ones_like(batch["input_ids"], dtype=torch.bool)
+        return batch
 
-    def parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids = batch["input_ids"]
+        out = self.forward_model(ids, batch["token_type_ids"], batch["attention_mask"], batch["labels"])
+        return out.mlm_loss_sum / max(1, out.masked)
 
 
-class HFSide:
+class HFSide(Side):
     """RobertaForMaskedLM + DataCollatorForLanguageModeling + torch AdamW, as the HF MLM example runs."""
 
     name = "hf"
@@ -211,25 +236,16 @@ class HFSide:
         self.collator = DataCollatorForLanguageModeling(_hf_tokenizer(spec.vocab), mlm_probability=spec.mask_prob)
         self.cursor = 0
 
-    def step(self, phases: Phases) -> None:
-        with phases("data"):
-            chosen = [(self.cursor * self.spec.batch + i) % len(self.rows) for i in range(self.spec.batch)]
-            self.cursor += 1
-            batch = self.collator([{"input_ids": self.rows[i].tolist()} for i in chosen])
-            pin = self.device.type == "cuda"
-            batch = {k: (v.pin_memory() if pin else v).to(self.device, non_blocking=True) for k, v in batch.items()}
-        with phases("forward"):
-            with torch.autocast(self.device.type, dtype=torch.bfloat16) if self.fast.bf16 else nullcontext():
-                loss = self.forward_model(**batch).loss
-        with phases("backward"):
-            loss.backward()
-        with phases("optimizer"):
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        self.last_loss = float(loss.detach())
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        """The collator in the training loop's thread, as the example scripts run it (no workers)."""
+        chosen = [(self.cursor * self.spec.batch + i) % len(self.rows) for i in range(self.spec.batch)]
+        self.cursor += 1
+        batch = self.collator([{"input_ids": self.rows[i].tolist()} for i in chosen])
+        pin = self.device.type == "cuda"
+        return {k: (v.pin_memory() if pin else v).to(self.device, non_blocking=True) for k, v in batch.items()}
 
-    def parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.forward_model(**batch).loss
 
 
 def _hf_tokenizer(vocab: int):

@@ -356,30 +356,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from harness.export import ExportError, export_run
+def _interop(action, source: str, out: str) -> int:
+    """export / import-hf: transformers is needed; a model that cannot be converted is bad input."""
+    from harness.export import ExportError
 
     try:
-        export_run(Path(args.run_dir), Path(args.out))
+        action(Path(source), Path(out))
     except ImportError:
-        raise ConfigError("export", "transformers", "needs transformers: pip install -e '.[bench]'") from None
+        raise ConfigError(source, "transformers", "needs transformers: pip install -e '.[bench]'") from None
     except (ExportError, ValueError, OSError) as err:
-        print(f"error: {args.run_dir}: {err}", file=sys.stderr)
+        print(f"error: {source}: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from harness.export import export_run
+
+    return _interop(export_run, args.run_dir, args.out)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from harness.export import ExportError, import_hf
+    from harness.export import import_hf
 
-    try:
-        import_hf(Path(args.hf_dir), Path(args.out))
-    except ImportError:
-        raise ConfigError("import-hf", "transformers", "needs transformers: pip install -e '.[bench]'") from None
-    except (ExportError, ValueError, OSError) as err:
-        print(f"error: {args.hf_dir}: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return _interop(import_hf, args.hf_dir, args.out)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
