@@ -27,7 +27,7 @@ from torch import nn
 
 from harness.model import plain_state_dict
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: RNG states per rank
 TENSORS = "tensors.safetensors"
 STATE = "state.json"
 
@@ -95,8 +95,16 @@ class Checkpointer:
     def due(self, step: int, total_steps: int) -> bool:
         return step == total_steps or (self.every_steps > 0 and step % self.every_steps == 0)
 
-    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> Path | None:
-        """Write a checkpoint; on an OS error (a full disk) keep the previous one and return None."""
+    def save(
+        self,
+        step: int,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        state: dict[str, Any],
+        rng_by_rank: list[tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
+    ) -> Path | None:
+        """Write a checkpoint; on an error (a full disk) keep the previous one and return None.
+        Under torchrun, `rng_by_rank` holds every rank's RNG states (dropout differs per rank)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         work = self.directory / f".tmp-step-{step:09d}-{os.getpid()}"
         final = self.directory / f"step-{step:09d}"
@@ -110,8 +118,11 @@ class Checkpointer:
                         tensors[f"optim/{param_id}/{name}"] = value.detach().cpu().contiguous()
                     else:
                         optim_plain["state"].setdefault(str(param_id), {})[name] = value
-            rng_tensors, rng_plain = rng_state()
-            tensors.update(rng_tensors)
+            rng_by_rank = rng_by_rank or [rng_state()]
+            rng_plain: dict[str, Any] = {}
+            for rank, (rank_tensors, rank_plain) in enumerate(rng_by_rank):
+                tensors.update({f"rank{rank}/{k}": v for k, v in rank_tensors.items()})
+                rng_plain[str(rank)] = rank_plain
             if work.exists():
                 shutil.rmtree(work)
             work.mkdir()
@@ -135,9 +146,9 @@ class Checkpointer:
                 shutil.rmtree(final)
             os.rename(work, final)
             _fsync_dir(self.directory)
-        except OSError as err:
+        except Exception as err:  # OSError from the filesystem, SafetensorError from its writer (a full disk)
             shutil.rmtree(work, ignore_errors=True)
-            self.log(f"  checkpoint at step {step} not written ({err}); the previous one is kept")
+            self.log(f"  checkpoint at step {step} not written ({type(err).__name__}: {err}); the previous one is kept")
             return None
         self._prune()
         return final
@@ -162,8 +173,11 @@ class Checkpointer:
             self.log(f"  checkpoint {path.name} is unusable ({problem}); falling back to the one before it")
         return None
 
-    def restore(self, found: Found, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """Load weights, optimizer and RNG states; returns the trainer's own state (step, data position...)."""
+    def restore(
+        self, found: Found, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int = 0
+    ) -> dict[str, Any]:
+        """Load weights, optimizer and this rank's RNG states; returns the trainer's own state (step,
+        data position...)."""
         tensors = load_file(str(found.path / TENSORS))
         model.load_state_dict({k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")})
         plain = found.state["optimizer"]
@@ -175,7 +189,12 @@ class Checkpointer:
         for param_id, values in plain["state"].items():
             state.setdefault(int(param_id), {}).update(values)
         optimizer.load_state_dict({"state": state, "param_groups": plain["param_groups"]})
-        set_rng_state(tensors, found.state["rng"])
+        prefix = f"rank{rank}/"
+        if str(rank) not in found.state["rng"]:
+            raise ValueError(f"{found.path.name} holds no RNG state for rank {rank}: saved with another world size")
+        set_rng_state(
+            {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, found.state["rng"][str(rank)]
+        )
         return found.state["state"]
 
 

@@ -113,6 +113,8 @@ def run_on_gpus(args: argparse.Namespace, gpus: list[str]) -> int:
     for flag, value in (("--set", args.set), ("--arm", args.arm)):
         for item in value or []:
             argv += [flag, item]
+    argv += ["--checkpoint-every", str(args.checkpoint_every), "--keep-checkpoints", str(args.keep_checkpoints)]
+    argv += ["--spike-factor", str(args.spike_factor)]
     if args.no_progress:
         argv.append("--no-progress")
     if args.compile:

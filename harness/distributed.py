@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -53,7 +54,9 @@ def from_environment(device_type: str) -> Distributed:
         return NOT_DISTRIBUTED
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        # while rank 0 alone evaluates a finished run downstream (minutes to hours), the other ranks
+        # wait in the next collective: the default 10-30 min timeout would kill them
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", timeout=timedelta(hours=24))
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
     return Distributed(rank, world, local_rank)

@@ -128,30 +128,32 @@ def from_hf_state(state: dict[str, torch.Tensor], target: str, pad_id: int) -> d
     return out
 
 
-def _hf_tokenizer(tokenizer: Tokenizer, kind: str):
-    """A transformers fast tokenizer over our tokenizer, adding the specials as the model expects."""
+def _hf_tokenizer(tokenizer: Tokenizer, pairs: bool):
+    """A transformers fast tokenizer over our tokenizer, adding the specials as the model expects.
+    The special-token names say which convention the tokenizer follows (byte-level and char BPE use
+    RoBERTa's `<s>`, WordPiece BERT's `[CLS]`); runs trained on pairs get segment ids."""
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer.from_str(tokenizer.to_str())
-    if kind == "byte_bpe":
+    if tok.token_to_id("<s>") is not None:
         names = {"bos_token": "<s>", "eos_token": "</s>", "cls_token": "<s>", "sep_token": "</s>",
                  "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>"}  # fmt: skip
         cls, sep = "<s>", "</s>"
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} {sep} $B {sep}",
-            special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))],
-        )  # fmt: skip
-    else:
+        # our pair layout: <s> A </s> </s> (segment 0), then B </s> (segment 1)
+        pair = f"{cls} $A {sep} {sep} $B:1 {sep}:1" if pairs else f"{cls} $A {sep} {sep} $B {sep}"
+    elif tok.token_to_id("[CLS]") is not None:
         names = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]",
                  "mask_token": "[MASK]"}  # fmt: skip
-        tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-            special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
-        )  # fmt: skip
-    # BERT reads segment ids; RoBERTa has one segment and its tokenizers leave them out
-    inputs = ["input_ids", "attention_mask"]
-    if kind != "byte_bpe":
-        inputs.insert(1, "token_type_ids")
+        cls, sep = "[CLS]", "[SEP]"
+        pair = f"{cls} $A {sep} $B:1 {sep}:1"
+        pairs = True  # BERT's tokenizers always give segment ids
+    else:
+        raise ExportError("the tokenizer has neither <s>/</s> nor [CLS]/[SEP] special tokens")
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}", pair=pair,
+        special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))],
+    )  # fmt: skip
+    inputs = ["input_ids", "token_type_ids", "attention_mask"] if pairs else ["input_ids", "attention_mask"]
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_input_names=inputs, **names)
 
 
@@ -172,9 +174,11 @@ def export_run(run_dir: Path, out_dir: Path, log=print) -> Path:
     missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
     if missing or unexpected:
         raise ExportError(f"weights do not map onto {target}: missing {missing}, unexpected {unexpected}")
+    pairs = config.data.format in ("segment_pair", "sentence_pair")
+    hf_tokenizer = _hf_tokenizer(tokenizer, pairs)  # before anything is written: no half exports
     out_dir.mkdir(parents=True, exist_ok=True)
     hf_model.save_pretrained(out_dir, safe_serialization=True)
-    _hf_tokenizer(tokenizer, kind).save_pretrained(out_dir)
+    hf_tokenizer.save_pretrained(out_dir)
     (out_dir / "README.md").write_text(model_card(run_dir, target), encoding="utf-8")
     log(f"{run_dir} -> {out_dir} ({target}, {sum(p.numel() for p in hf_model.parameters()):,} parameters)")
     return out_dir

@@ -100,10 +100,17 @@ class RunRecord:
             f.write(json.dumps(row) + "\n")
 
     def metrics(self) -> list[dict[str, Any]]:
+        """Every row; a line a crash cut short is skipped."""
         path = self.dir / "metrics.jsonl"
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
 
     def finish(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.dir / "summary.json", {"schema_version": SCHEMA_VERSION, **summary})

@@ -158,6 +158,8 @@ def verdict(comparison: Comparison, metric: str, diff: Difference) -> tuple[str,
         return "no clear difference (CI includes 0)", None
     arm_higher = diff.ci_low > 0
     winner = comparison.arm if arm_higher != lower_is_better(metric) else comparison.baseline
+    if math.isnan(diff.p_value):
+        return f"leans {winner} (CI excludes 0; every seed differs by the same amount, no test possible)", None
     if not diff.p_value < SIGNIFICANCE:
         return f"leans {winner} (CI excludes 0, t-test p ≥ {SIGNIFICANCE})", None
     return f"{winner} better", winner

@@ -211,7 +211,9 @@ def execute_run(
                 "epochs": round(batches.epoch + batches.cursor / len(data.train), 3),
             },
             "wall_s": round(time.perf_counter() - started, 2),
-            "train_tokens_per_s": round(result.tokens_seen / max(result.wall_s, 1e-9), 1),
+            # this attempt's tokens over this attempt's time: a resumed run does not count restored tokens
+            "train_tokens_per_s": round(result.tokens_this_attempt / max(result.wall_s, 1e-9), 1),
+            "resumed_from_step": result.resumed_from_step,
             "stage_keys": data.stage_keys,
             "environment": {
                 "device": str(device),

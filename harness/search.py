@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from harness.config import ConfigError, deep_merge, nested, validate_run_config
-from harness.records import RunRecord
+from harness.records import RunLock, RunRecord
 from harness.suite import ParamSpace, Run, SearchSpec, Suite
 
 SEARCH_SUFFIX = ".search"
@@ -170,8 +170,18 @@ def make_objective(ctx: TrialContext) -> Callable[[Any], float]:
         run_dir = ctx.out_dir / run.run_id
         trial.set_user_attr("run_id", run.run_id)
         trial.set_user_attr("worker", ctx.worker)
-        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
         record = RunRecord(run_dir)
+        lock = RunLock(run_dir)
+        while not lock.acquire():  # another worker trains this very config: wait, then reuse its result
+            time.sleep(2)
+        try:
+            return _objective_value(trial, record, run, run_dir, params)
+        finally:
+            lock.release()
+
+    def _objective_value(trial, record: RunRecord, run: Run, run_dir: Path, params: dict[str, Any]) -> float:
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+        config = run.config
         if record.is_done():  # the same config already ran (a retry, or the sampler repeating itself)
             ctx.log(f"trial {trial.number} [{ctx.study_name}] {shown}: reusing finished run {run.run_id}")
             summary = record.summary
@@ -179,9 +189,10 @@ def make_objective(ctx: TrialContext) -> Callable[[Any], float]:
             ctx.log(f"trial {trial.number} [{ctx.study_name}] {shown}: run {run.run_id}")
 
             def report(row: dict[str, Any]) -> None:
-                # the pruner compares trials at equal tokens seen; it assumes the study's direction, so
-                # a maximised objective gets the negated held-out loss
-                step = round(row["tokens"] / search.report_every_tokens)
+                # evaluations come every eval_every steps, placed at report_every_tokens intervals: the
+                # k-th one is report k for every trial. The pruner assumes the study's direction, so a
+                # maximised objective gets the negated held-out loss.
+                step = row["step"] // config.train.eval_every
                 trial.report(-row["heldout_loss"] if maximize else row["heldout_loss"], step)
                 if trial.should_prune():
                     raise RunPruned(f"pruned at {row['tokens']:,} tokens, held-out loss {row['heldout_loss']:.4f}")

@@ -62,17 +62,18 @@ def _t_test_p(t_stat: float, dof: float) -> float:
 
 def _paired_p(diffs: np.ndarray) -> float:
     """Two-sided paired t-test on the per-seed differences. Identical differences on every seed
-    (zero spread) are certain evidence of a shift unless the shift is zero."""
+    (zero spread: accuracies on a small dev set can tie) leave the test undefined: NaN, untestable,
+    rather than a p of 0 from two tied seeds."""
     spread = diffs.std(ddof=1)
     if spread == 0:
-        return 1.0 if diffs.mean() == 0 else 0.0
+        return 1.0 if diffs.mean() == 0 else math.nan
     return _t_test_p(diffs.mean() / (spread / math.sqrt(len(diffs))), len(diffs) - 1)
 
 
 def _welch_p(arm: np.ndarray, baseline: np.ndarray) -> float:
     var_a, var_b = arm.var(ddof=1) / len(arm), baseline.var(ddof=1) / len(baseline)
     if var_a + var_b == 0:
-        return 1.0 if arm.mean() == baseline.mean() else 0.0
+        return 1.0 if arm.mean() == baseline.mean() else math.nan
     t_stat = (arm.mean() - baseline.mean()) / math.sqrt(var_a + var_b)
     dof = (var_a + var_b) ** 2 / (var_a**2 / (len(arm) - 1) + var_b**2 / (len(baseline) - 1))
     return _t_test_p(t_stat, dof)

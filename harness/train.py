@@ -83,18 +83,30 @@ class Prefetcher:
 
     def __init__(self, source: StepSource, steps: int, depth: int = 2, pin: bool = False):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
         self.position: dict[str, int] | None = source.state_dict() if hasattr(source, "state_dict") else None
         self._thread = threading.Thread(target=self._fill, args=(source, steps, pin), daemon=True)
         self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        """Queue an item unless the consumer has gone (close()); never block forever."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def _fill(self, source: StepSource, steps: int, pin: bool) -> None:
         try:
             for _ in range(steps):
                 step = source.next_step()
                 after = source.state_dict() if hasattr(source, "state_dict") else None
-                self._queue.put(([mb.pin_memory() for mb in step] if pin else step, after))
+                if not self._put(([mb.pin_memory() for mb in step] if pin else step, after)):
+                    return
         except BaseException as err:  # handed to the training thread, raised there
-            self._queue.put(err)
+            self._put(err)
 
     def next_step(self) -> list[MicroBatch]:
         item = self._queue.get()
@@ -102,6 +114,11 @@ class Prefetcher:
             raise item
         step, self.position = item
         return step
+
+    def close(self) -> None:
+        """Stop the thread (a run that ends early must not leave it holding batches)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 class Diverged(FloatingPointError):
@@ -144,7 +161,9 @@ class TrainResult:
     tokens_seen: int  # real (non-pad) tokens
     sequences_seen: int
     train_loss: float  # mean MLM loss over the last 10% of steps
-    wall_s: float
+    wall_s: float  # of this attempt
+    tokens_this_attempt: int = 0  # tokens_seen less what a checkpoint had already counted
+    resumed_from_step: int = 0
 
 
 @dataclass
@@ -177,7 +196,6 @@ def train(
     With a checkpointer in `guards` the run continues from its latest checkpoint and saves new ones."""
     guards = guards or RunGuards()
     ranks = guards.distributed
-    main = ranks.is_main
     model.to(device).train()
     optimizer = build_optimizer(model, config, device)
     warmup_steps = int(config.warmup_fraction * total_steps)
@@ -186,7 +204,7 @@ def train(
     max_rows = 10**9  # micro-batch rows; halved on out-of-memory errors
     found = guards.checkpointer.latest() if guards.checkpointer is not None else None
     if found is not None:
-        state = guards.checkpointer.restore(found, model, optimizer)
+        state = guards.checkpointer.restore(found, model, optimizer, ranks.rank)
         first_step, tokens_seen, sequences_seen = state["step"], state["tokens_seen"], state["sequences_seen"]
         recent_losses = list(state["recent_losses"])
         max_rows = state.get("max_rows", max_rows)
@@ -201,6 +219,38 @@ def train(
             step_model, find_unused_parameters=getattr(model, "nsp_head", None) is not None
         )
     upcoming = Prefetcher(batches, total_steps - first_step, pin=device.type == "cuda")
+    try:
+        return _loop(
+            model, step_model, optimizer, upcoming, config, first_step, total_steps, warmup_steps, tokens_seen,
+            sequences_seen, recent_losses, max_rows, device, log, evaluate, progress, guards,
+        )  # fmt: skip
+    finally:
+        upcoming.close()
+
+
+def _loop(
+    model: nn.Module,
+    step_model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    upcoming: Prefetcher,
+    config: TrainConfig,
+    first_step: int,
+    total_steps: int,
+    warmup_steps: int,
+    tokens_seen: int,
+    sequences_seen: int,
+    recent_losses: list[float],
+    max_rows: int,
+    device: torch.device,
+    log: Callable[[dict[str, Any]], None],
+    evaluate: Callable[[], dict[str, float]] | None,
+    progress: bool,
+    guards: RunGuards,
+) -> TrainResult:
+    """The optimizer steps of train(), from `first_step` (0, or a checkpoint's step) to the end."""
+    ranks = guards.distributed
+    main = ranks.is_main
+    restored_tokens = tokens_seen
     window_tokens, window_start = 0, time.perf_counter()
     start = time.perf_counter()
     # a live bar on a terminal; in a log file, a plain line every PLAIN_PROGRESS_S seconds instead
@@ -293,10 +343,16 @@ def train(
                 model.train()
             ranks.barrier()
         if guards.checkpointer is not None and guards.checkpointer.due(step + 1, total_steps):
+            rng_by_rank = None
+            if ranks.enabled:  # each rank draws its own dropout masks: keep every rank's generator
+                from harness.checkpoint import rng_state
+
+                rng_by_rank = [None] * ranks.world
+                torch.distributed.all_gather_object(rng_by_rank, rng_state())
             if main:
                 state = {"step": step + 1, "tokens_seen": tokens_seen, "sequences_seen": sequences_seen,
                          "recent_losses": recent_losses, "max_rows": max_rows, "data": upcoming.position}  # fmt: skip
-                guards.checkpointer.save(step + 1, model, optimizer, state)
+                guards.checkpointer.save(step + 1, model, optimizer, state, rng_by_rank)
             ranks.barrier()
         bar.update(1)
     bar.close()
@@ -307,6 +363,8 @@ def train(
         sequences_seen=sequences_seen,
         train_loss=sum(tail) / len(tail) if tail else math.nan,
         wall_s=time.perf_counter() - start,
+        tokens_this_attempt=tokens_seen - restored_tokens,
+        resumed_from_step=first_step,
     )
 
 

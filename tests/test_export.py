@@ -37,6 +37,8 @@ ARMS = {
     "roberta": {},
     # BERT: WordPiece, segment pairs with NSP
     "bert": {"data": {"tokenizer": {"kind": "wordpiece", "vocab_size": 1024}, "format": "segment_pair", "nsp": True}},
+    # char-level BPE keeps RoBERTa's <s>-style specials but exports as a BERT model
+    "charbpe": {"data": {"tokenizer": {"kind": "char_bpe", "vocab_size": 1024}}},
 }
 
 
@@ -69,7 +71,10 @@ def our_logits(run_dir: Path, batch) -> torch.Tensor:
         return model.lm_head(hidden, model.roberta.embeddings.word_embeddings.weight), model, hidden
 
 
-@pytest.mark.parametrize(("arm", "expected"), [("roberta", "RobertaForMaskedLM"), ("bert", "BertForMaskedLM")])
+@pytest.mark.parametrize(
+    ("arm", "expected"),
+    [("roberta", "RobertaForMaskedLM"), ("bert", "BertForMaskedLM"), ("charbpe", "BertForMaskedLM")],
+)
 def test_transformers_logits_equal_ours_on_a_padded_batch(exported, arm, expected):
     run_dir, hf_dir = exported[arm]
     hf = transformers.AutoModelForMaskedLM.from_pretrained(hf_dir).eval()

@@ -105,6 +105,8 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, un
     tensors = newest / "tensors.safetensors"
     tensors.write_bytes(tensors.read_bytes()[:-100])  # a write cut short
     (checkpoints / ".tmp-step-000000016-999").mkdir()  # debris of a write interrupted mid-way
+    with (only_run(out).dir / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 15, "tok')  # the line the kill cut short
     assert "bytes" in verify(newest)
     done = subprocess.run(harness_command(path, out), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
@@ -112,7 +114,18 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, un
     assert only_run(out).summary["metrics"] == uninterrupted.summary["metrics"]
 
 
-def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
+def _disk_full() -> Exception:
+    return OSError(errno.ENOSPC, "No space left on device")
+
+
+def _writer_error() -> Exception:
+    from safetensors import SafetensorError
+
+    return SafetensorError("File too large")  # what the safetensors writer raises on a short write
+
+
+@pytest.mark.parametrize("failure", [_disk_full, _writer_error])
+def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch, capsys, failure):
     import harness.checkpoint as checkpoint_module
 
     real_save = checkpoint_module.save_file
@@ -124,7 +137,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkey
             real_save(tensors, filename)  # half the file reaches the disk, then it is full
             with open(filename, "r+b") as f:
                 f.truncate(100)
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise failure()
         real_save(tensors, filename)
 
     monkeypatch.setattr(checkpoint_module, "save_file", save_until_the_disk_fills)
