@@ -61,6 +61,18 @@ class ModelConfig(Schema):
     layer_norm_eps: float = Field(1e-12, gt=0.0, description="LayerNorm epsilon (BERT 1e-12, RoBERTa 1e-5).")
     init_std: float = Field(0.02, gt=0.0, description="Std of the normal init of all weights, as in BERT.")
     token_types: int = Field(2, ge=1, description="Segment (token type) embeddings; pair formats use ids 0 and 1.")
+    init_from: str | None = Field(
+        None,
+        description="A finished run directory (or one made by `harness import-hf`) whose weights start this "
+        "run: continued pretraining. Its tokenizer is used too, and its shape must match these fields.",
+    )
+
+    @field_validator("init_from")
+    @classmethod
+    def _has_a_checkpoint(cls, value: str | None) -> str | None:
+        if value is not None and not (Path(value) / "checkpoint" / "model.safetensors").is_file():
+            raise ValueError(f"{value}: no checkpoint/model.safetensors (a finished run directory is needed)")
+        return value
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> ModelConfig:
@@ -131,6 +143,18 @@ class TokenizerConfig(Schema):
     vocab_size: int = Field(4096, ge=64, description="Target vocabulary size, special tokens included.")
     min_frequency: int = Field(2, ge=1, description="Minimum pair frequency for a merge / piece.")
     lowercase: bool = Field(False, description="Lowercase text before tokenizing (BERT uncased).")
+    file: str | None = Field(
+        None,
+        description="Use this tokenizer.json instead of training one (vocab_size is then the file's); set "
+        "automatically to the start checkpoint's tokenizer with model.init_from.",
+    )
+
+    @field_validator("file")
+    @classmethod
+    def _file_exists(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"tokenizer file not found: {value}")
+        return value
 
     @model_validator(mode="after")
     def _room_for_the_alphabet(self) -> TokenizerConfig:
@@ -316,6 +340,21 @@ class RunConfig(Schema):
     train: TrainConfig = Field(description="Optimisation and budget.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Perplexity and downstream evaluation.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _tokenizer_of_the_start_checkpoint(cls, raw: Any) -> Any:
+        """Continued pretraining reads text with the tokenizer the weights were trained with."""
+        if not isinstance(raw, dict):
+            return raw
+        init_from = (raw.get("model") or {}).get("init_from") if isinstance(raw.get("model"), dict) else None
+        tokenizer = ((raw.get("data") or {}).get("tokenizer") or {}) if isinstance(raw.get("data"), dict) else {}
+        if init_from and isinstance(tokenizer, dict) and not tokenizer.get("file"):
+            raw = copy.deepcopy(raw)
+            raw.setdefault("data", {}).setdefault("tokenizer", {})["file"] = str(
+                Path(init_from) / "checkpoint" / "tokenizer.json"
+            )
+        return raw
+
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
         if self.data.max_seq_len > self.model.max_len:
@@ -330,9 +369,23 @@ class RunConfig(Schema):
         return self
 
     def run_id(self) -> str:
-        """Content address of the run: the same resolved config always gives the same id."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Content address of the run: the same resolved config always gives the same id. Fields added
+        after results existed (ADDED_LATER) count only when set, so adding one leaves every earlier
+        run id, and the records filed under it, valid."""
+        dump = self.model_dump(mode="json")
+        for path in ADDED_LATER:
+            *parents, leaf = path.split(".")
+            holder = dump
+            for part in parents:
+                holder = holder[part]
+            if holder.get(leaf) is None:
+                del holder[leaf]
+        canonical = json.dumps(dump, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+# every field added to RunConfig from now on belongs here, with None meaning "as before it existed"
+ADDED_LATER = ("model.init_from", "data.tokenizer.file")
 
 
 PRETRAINING_METRICS = ("heldout_loss", "heldout_ppl", "heldout_acc", "train_loss")

@@ -75,6 +75,34 @@ def load_pretrained(run_dir: Path) -> tuple[RunConfig, PretrainingModel, Tokeniz
     return config, model, tokenizer, specials
 
 
+SHAPE_FIELDS = ("layers", "hidden", "heads", "ffn", "max_len", "token_types", "norm")
+HEADS_OF_NSP = ("pooler.", "nsp_head.")
+
+
+def start_from(model: PretrainingModel, source_dir: Path, config: RunConfig, log=print) -> None:
+    """Continued pretraining: the start checkpoint's weights into `model`, whose shape must match.
+    An NSP head the source lacks starts fresh; one this run does not use is left behind."""
+    source_config, source_model, _, _ = load_pretrained(source_dir)
+    differ = [
+        f"{name} {getattr(config.model, name)} here, {getattr(source_config.model, name)} in the checkpoint"
+        for name in SHAPE_FIELDS
+        if getattr(config.model, name) != getattr(source_config.model, name)
+    ]
+    if differ:
+        raise ValueError(f"model.init_from {source_dir}: the model differs: {'; '.join(differ)}")
+    if source_config.data.tokenizer.kind != config.data.tokenizer.kind:
+        raise ValueError(
+            f"model.init_from {source_dir}: its tokenizer is {source_config.data.tokenizer.kind}, "
+            f"data.tokenizer.kind here is {config.data.tokenizer.kind}"
+        )
+    missing, unexpected = model.load_state_dict(plain_state_dict(source_model), strict=False)
+    stray = [k for k in [*missing, *unexpected] if not k.startswith(HEADS_OF_NSP)]
+    if stray:
+        raise ValueError(f"model.init_from {source_dir}: weights do not fit: {stray[:5]}")
+    fresh = " (NSP head starts fresh)" if missing else ""
+    log(f"  starting from the weights of {source_dir}{fresh}")
+
+
 def evaluate_run(run_dir: Path, device: torch.device, tasks: list[str] | None = None, log=print) -> dict[str, Any]:
     """(Re-)evaluate a finished run downstream; task/seed pairs already on disk are not redone.
     Returns the tasks evaluated; summary.json gets them merged in."""
@@ -169,6 +197,8 @@ def execute_run(
 
         torch.manual_seed(train_cfg.seed)
         model = PretrainingModel(config.model, data.vocab_size, data.specials.pad, nsp=config.data.nsp)
+        if config.model.init_from:
+            start_from(model, Path(config.model.init_from), config, log)
         heldout_batches = fixed_mask_batches(data.heldout, data.specials, data.vocab_size, config.eval)
 
         def evaluate_heldout() -> dict[str, float]:

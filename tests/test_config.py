@@ -175,3 +175,14 @@ def test_shipped_suites_resolve(path, monkeypatch):
 def test_config_error_carries_fields():
     err = ConfigError("f.yaml", "a.b", "bad")
     assert (err.source, err.key_path, err.message) == ("f.yaml", "a.b", "bad")
+
+
+def test_fields_added_later_leave_earlier_run_ids_unchanged():
+    """The quickstart's committed report names these run ids: a new optional field must not move them."""
+    from pathlib import Path
+
+    from harness.suite import load_suite
+
+    suite = load_suite(Path(__file__).resolve().parents[1] / "ablations" / "quickstart.yaml")
+    ids = {(run.arm, run.seed): run.run_id for run in suite.runs}
+    assert ids[("static", 0)] == "3015ff7fe1ff" and ids[("segment-pair", 2)] == "6abda371f3bd"

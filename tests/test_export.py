@@ -158,3 +158,37 @@ def test_pre_norm_is_refused_by_name(tmp_path, capsys):
     assert main(["export", str(runs["prenorm"]), "--out", str(tmp_path / "hf")]) == 2
     assert "model.norm = pre" in capsys.readouterr().err
     assert not (tmp_path / "hf" / "config.json").exists()
+
+
+def test_pretraining_continues_from_an_imported_checkpoint(exported, tmp_path):
+    _, hf_dir = exported["roberta"]
+    start = import_hf(hf_dir, tmp_path / "imported", log=lambda *_: None)
+    suite = tiny_suite(arms={"continued": {}})
+    suite["base"]["model"]["init_from"] = str(start)
+    suite["base"]["train"].update({"steps": 3, "log_every": 1})
+    path = tmp_path / "continue.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    from harness.suite import load_suite
+
+    config = load_suite(path).runs[0].config
+    assert config.data.tokenizer.file == str(start / "checkpoint" / "tokenizer.json"), "the checkpoint's tokenizer"
+    assert main(["run", str(path), "--out", str(tmp_path / "results"), "--no-progress", "--no-report"]) == 0
+    (run_dir,) = [p for p in (tmp_path / "results" / "t").iterdir() if p.is_dir()]
+    trained_vocab = load_pretrained(run_dir)[2].get_vocab()
+    assert trained_vocab == load_pretrained(start)[2].get_vocab()
+    from harness.records import RunRecord
+
+    first_loss = next(r["train_loss"] for r in RunRecord(run_dir).metrics() if "train_loss" in r)
+    fresh_loss = torch.log(torch.tensor(float(len(trained_vocab)))).item()
+    assert first_loss < fresh_loss - 0.5, "the first step starts from pretrained weights, not from scratch"
+
+
+def test_init_from_a_different_shape_is_refused(exported, tmp_path, capsys):
+    run_dir, _ = exported["roberta"]
+    suite = tiny_suite(arms={"wider": {"model": {"hidden": 128, "heads": 2, "ffn": 128}}})
+    suite["base"]["model"]["init_from"] = str(run_dir)
+    suite["base"]["train"]["steps"] = 2
+    path = tmp_path / "wider.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    assert main(["run", str(path), "--out", str(tmp_path / "results"), "--no-progress", "--no-report"]) == 1
+    assert "the model differs: hidden 128 here, 64 in the checkpoint" in capsys.readouterr().err

@@ -11,7 +11,9 @@ sequences once per seed.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -138,15 +140,22 @@ def prepare_data(config: DataConfig, cache: StageCache, heldout_sequences: int) 
     keys["sentences"], dirs["sentences"] = cache.get_or_build("sentences", splitter, build_sentences)
 
     def build_tokenizer(out: Path) -> None:
+        if config.tokenizer.file:  # a given tokenizer (continued pretraining): copied, not trained
+            shutil.copyfile(config.tokenizer.file, out / "tokenizer.json")
+            return
         sentences = (s for doc in _iter_jsonl(dirs["sentences"] / "train.jsonl") for s in doc)
         train_tokenizer(sentences, config.tokenizer, out)
 
-    tok_inputs = {
-        "sentences": keys["sentences"],
-        "tokenizer": config.tokenizer.model_dump(mode="json"),
-        "library": f"tokenizers-{version('tokenizers')}",
-        "version": STAGE_VERSIONS["tokenizer"],
-    }
+    if config.tokenizer.file:
+        digest = hashlib.sha256(Path(config.tokenizer.file).read_bytes()).hexdigest()
+        tok_inputs = {"file_sha256": digest, "kind": config.tokenizer.kind, "version": STAGE_VERSIONS["tokenizer"]}
+    else:
+        tok_inputs = {
+            "sentences": keys["sentences"],
+            "tokenizer": config.tokenizer.model_dump(mode="json", exclude={"file"}),
+            "library": f"tokenizers-{version('tokenizers')}",
+            "version": STAGE_VERSIONS["tokenizer"],
+        }
     keys["tokenizer"], dirs["tokenizer"] = cache.get_or_build("tokenizer", tok_inputs, build_tokenizer)
     tokenizer = load_tokenizer(dirs["tokenizer"])
     specials = special_tokens(tokenizer, config.tokenizer.kind)
