@@ -462,7 +462,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         rows.append(
             [
                 header.get("suite", "?"),
-                header.get("arm", "?"),
+                header.get("arm", "?") + (f"#trial-{header['trial']}" if "trial" in header else ""),
                 str(header.get("seed", "?")),
                 header.get("run_id", record.dir.name),
                 state,
