@@ -8,6 +8,7 @@ file and the key path.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -115,6 +116,14 @@ class SearchSpec(Schema):
     max_retries: int = Field(2, ge=0, description="Retries of a trial whose worker died.")
 
 
+class Variant(Schema):
+    """Overrides a suite applies as a whole: a scale (tiny / small / base), or its local-data setting."""
+
+    description: str = Field("", description="What this variant is for.")
+    base: dict[str, Any] = Field(default_factory=dict, description="Partial override of the suite's base.")
+    arms: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Arm name -> partial override.")
+
+
 class SuiteSpec(Schema):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Suite name; results go to <out>/<name>/.")
     description: str = Field("", description="What the suite asks.")
@@ -129,6 +138,17 @@ class SuiteSpec(Schema):
         default_factory=list, description="Pairs of arms to compare (default: every arm against the baseline)."
     )
     search: SearchSpec | None = Field(None, description="A hyperparameter search over this suite (harness search).")
+    scales: dict[str, Variant] = Field(
+        default_factory=dict,
+        description="Named scales (--set scale=NAME); results go to <out>/<name>.<scale>/.",
+    )
+    default_scale: str | None = Field(None, description="The scale used when none is chosen.")
+    local: Variant | None = Field(
+        None,
+        description="Overrides for running from local files instead of hub names, applied when --set local=DIR "
+        "or the HARNESS_LOCAL_DATA environment variable gives the data directory; '{local}' in any string "
+        "is replaced by it.",
+    )
 
     def comparison_list(self, baseline: str | None = None) -> list[ComparisonSpec]:
         """The comparisons a report makes: every arm against `baseline` when one is given, else the
@@ -276,6 +296,60 @@ def _check_comparisons(spec: SuiteSpec, source: str) -> None:
                 )
 
 
+LOCAL_DATA_ENV = "HARNESS_LOCAL_DATA"
+VARIANT_CHOICES = ("scale", "local")
+
+
+def _pop_variant_choices(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
+    """`--set scale=tiny` and `--set local=DIR` choose a suite's variants; they are not config paths."""
+    rest, chosen = [], {}
+    for assignment in overrides:
+        key, _, value = assignment.partition("=")
+        if key.strip() in VARIANT_CHOICES:
+            if not value.strip():
+                raise ConfigError("--set", key.strip(), "expected a value")
+            chosen[key.strip()] = value.strip()
+        else:
+            rest.append(assignment)
+    return rest, chosen
+
+
+def _substitute(tree: Any, local_dir: str) -> Any:
+    if isinstance(tree, dict):
+        return {k: _substitute(v, local_dir) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_substitute(v, local_dir) for v in tree]
+    return tree.replace("{local}", local_dir) if isinstance(tree, str) else tree
+
+
+def _apply_variants(spec: SuiteSpec, source: str, scale: str | None, local_dir: str | None) -> SuiteSpec:
+    """Fold the chosen scale and, with a local data directory, the local overrides into base and arms.
+    A scaled suite is its own suite: `<name>.<scale>`, so scales never mix in one results directory."""
+    variants: list[tuple[str, Variant]] = []
+    if spec.scales:
+        scale = scale or spec.default_scale
+        if scale is None:
+            raise ConfigError("--set", "scale", f"choose a scale: --set scale=NAME ({', '.join(spec.scales)})")
+        if scale not in spec.scales:
+            raise ConfigError("--set", "scale", f"no scale {scale!r} (have: {', '.join(spec.scales)})")
+        variants.append((f"scales.{scale}", spec.scales[scale]))
+    elif scale is not None:
+        raise ConfigError("--set", "scale", "this suite declares no scales")
+    if local_dir is not None and spec.local is not None:
+        variants.append(("local", Variant.model_validate(_substitute(spec.local.model_dump(), local_dir))))
+    base, arms = spec.base, dict(spec.arms)
+    for where, variant in variants:
+        _check_override_keys(variant.base, source, f"{where}.base")
+        base = deep_merge(base, variant.base)
+        for arm, override in variant.arms.items():
+            if arm not in arms:
+                raise ConfigError(source, f"{where}.arms.{arm}", f"no arm named {arm!r}")
+            _check_override_keys(override, source, f"{where}.arms.{arm}")
+            arms[arm] = deep_merge(arms[arm] or {}, override)
+    name = f"{spec.name}.{scale}" if spec.scales else spec.name
+    return spec.model_copy(update={"name": name, "base": base, "arms": arms})
+
+
 def load_suite(path: str | Path, overrides: list[str] = (), arms: list[str] | None = None) -> Suite:
     """Read and fully validate a suite; `overrides` are `--set key.path=value` strings applied to every arm."""
     path = Path(path)
@@ -302,6 +376,8 @@ def load_suite(path: str | Path, overrides: list[str] = (), arms: list[str] | No
 
     if len(set(spec.seeds)) != len(spec.seeds):
         raise ConfigError(source, "seeds", f"seeds must be distinct, got {spec.seeds}")
+    overrides, chosen = _pop_variant_choices(list(overrides))
+    spec = _apply_variants(spec, source, chosen.get("scale"), chosen.get("local") or os.environ.get(LOCAL_DATA_ENV))
     _check_override_keys(spec.base, source, "base")
     cli_override: dict[str, Any] = {}
     for assignment in overrides:

@@ -186,3 +186,56 @@ def test_fields_added_later_leave_earlier_run_ids_unchanged():
     suite = load_suite(Path(__file__).resolve().parents[1] / "ablations" / "quickstart.yaml")
     ids = {(run.arm, run.seed): run.run_id for run in suite.runs}
     assert ids[("static", 0)] == "3015ff7fe1ff" and ids[("segment-pair", 2)] == "6abda371f3bd"
+
+
+def scaled_suite() -> dict:
+    from conftest import tiny_suite
+
+    suite = tiny_suite()
+    suite["scales"] = {
+        "tiny": {"base": {"train": {"steps": 5}}},
+        "small": {"base": {"model": {"layers": 2}, "train": {"steps": 50}},
+                  "arms": {"static": {"masking": {"dupe_factor": 5}}}},
+    }  # fmt: skip
+    suite["default_scale"] = "tiny"
+    suite["base"]["data"]["corpus"] = {"source": "hub", "name": "some/corpus"}
+    suite["local"] = {
+        "base": {"data": {"corpus": {"source": "files", "paths": ["{local}/corpus.txt"]}}},
+    }
+    return suite
+
+
+def test_a_scale_is_chosen_with_set_and_names_its_own_suite(write_suite):
+    path = write_suite(scaled_suite())
+    tiny = load_suite(path)
+    assert tiny.name == "t.tiny" and tiny.runs[0].config.train.steps == 5
+    small = load_suite(path, overrides=["scale=small"])
+    assert small.name == "t.small" and small.runs[0].config.train.steps == 50
+    assert small.runs[0].config.model.layers == 2
+    static = next(r for r in small.runs if r.arm == "static")
+    assert static.config.masking.dupe_factor == 5 and static.config.masking.kind == "static"
+    assert {r.run_id for r in tiny.runs}.isdisjoint(r.run_id for r in small.runs)
+
+
+def test_bad_scale_choices_are_config_errors(write_suite):
+    path = write_suite(scaled_suite())
+    with pytest.raises(ConfigError, match="no scale 'huge'"):
+        load_suite(path, overrides=["scale=huge"])
+    plain = write_suite(__import__("conftest").tiny_suite(), "plain.yaml")
+    with pytest.raises(ConfigError, match="declares no scales"):
+        load_suite(plain, overrides=["scale=tiny"])
+    broken = scaled_suite()
+    broken["scales"]["tiny"]["arms"] = {"nope": {}}
+    with pytest.raises(ConfigError, match="scales.tiny.arms.nope: no arm named 'nope'"):
+        load_suite(write_suite(broken, "broken.yaml"))
+
+
+def test_local_data_overrides_apply_only_with_a_data_directory(write_suite, tmp_path, monkeypatch):
+    (tmp_path / "corpus.txt").write_text("one document.\n\nanother one.\n")
+    path = write_suite(scaled_suite())
+    monkeypatch.delenv("HARNESS_LOCAL_DATA", raising=False)
+    assert load_suite(path).runs[0].config.data.corpus.source == "hub"
+    chosen = load_suite(path, overrides=[f"local={tmp_path}"]).runs[0].config.data.corpus
+    assert chosen.source == "files" and chosen.paths == [f"{tmp_path}/corpus.txt"]
+    monkeypatch.setenv("HARNESS_LOCAL_DATA", str(tmp_path))
+    assert load_suite(path).runs[0].config.data.corpus.paths == [f"{tmp_path}/corpus.txt"]
