@@ -27,7 +27,7 @@ from harness.config import MaskingConfig, ModelConfig
 from harness.data.masking import mask_sequence
 from harness.data.tokenizer import SpecialTokens
 from harness.model import PretrainingModel, set_fast_path
-from harness.train import Prefetcher, adamw
+from harness.train import Prefetcher, adamw, try_compile
 
 # The benchmark's model sizes (the speed issue's definitions; `tiny` here is the PERF-NOTES size,
 # larger than the training preset of the same name).
@@ -117,11 +117,9 @@ def _optimizer(model: torch.nn.Module, kind: str, device: torch.device) -> torch
 
 
 def compiled(model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
-    """torch.compile, or the eager model with the reason when compilation is unavailable."""
-    try:
-        return torch.compile(model), "compiled"
-    except Exception as err:  # no compiler toolchain, unsupported platform
-        return model, f"eager (compile failed: {type(err).__name__})"
+    """The model to time and what it is: `compiled`, or eager with why compilation failed."""
+    step_model, error = try_compile(model)
+    return step_model, "compiled" if error is None else f"eager (compile failed: {type(error).__name__})"
 
 
 class Side:

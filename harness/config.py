@@ -391,6 +391,11 @@ ADDED_LATER = ("model.init_from", "data.tokenizer.file")
 PRETRAINING_METRICS = ("heldout_loss", "heldout_ppl", "heldout_acc", "train_loss")
 
 
+def lower_is_better(metric: str) -> bool:
+    """Losses and perplexities fall as a model improves; every other metric rises."""
+    return metric.endswith(("loss", "ppl"))
+
+
 def metric_names() -> list[str]:
     """Every metric a run can report: pretraining ones, then `<task>.<metric>` for every task."""
     from harness.tasks import TASKS

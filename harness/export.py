@@ -25,7 +25,7 @@ from tokenizers import Tokenizer, processors
 
 from harness.config import ModelConfig
 from harness.model import PretrainingModel, plain_state_dict
-from harness.records import SCHEMA_VERSION, RunRecord, atomic_write_json
+from harness.records import RunRecord
 
 
 class ExportError(ValueError):
@@ -279,7 +279,7 @@ def import_hf(hf_dir: Path, run_dir: Path, log=print) -> Path:
     tokenizer.save(str(checkpoint / "tokenizer.json"))
     record = RunRecord(run_dir)
     header = {"suite": "imported", "arm": hf_dir.name, "seed": 0, "run_id": run_dir.name, "imported_from": str(hf_dir)}
-    atomic_write_json(run_dir / "config.json", {"schema_version": SCHEMA_VERSION, **header, "config": run_config})
+    record.start(header, run_config)
     record.finish({**header, "metrics": {}, "downstream": {}, "imported": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     log(f"{hf_dir} ({architecture}) -> {run_dir}: `harness eval {run_dir} --task ...` fine-tunes it")
     return run_dir

@@ -11,6 +11,7 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,26 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def read_jsonl(path: Path, on_bad_line: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """The JSON-object lines of a file (none when it does not exist). A line that does not parse (a
+    crash cut it short) is skipped and, with `on_bad_line`, reported by its 1-based number."""
+    if not path.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if on_bad_line is not None:
+                on_bad_line(number)
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 class RunRecord:
@@ -101,16 +122,7 @@ class RunRecord:
 
     def metrics(self) -> list[dict[str, Any]]:
         """Every row; a line a crash cut short is skipped."""
-        path = self.dir / "metrics.jsonl"
-        if not path.is_file():
-            return []
-        rows = []
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return rows
+        return read_jsonl(self.dir / "metrics.jsonl")
 
     def finish(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.dir / "summary.json", {"schema_version": SCHEMA_VERSION, **summary})

@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 
 import harness
-from harness.paper import PaperTable, load_paper_tables, paper_deltas
+from harness.config import lower_is_better
+from harness.paper import PaperDelta, load_paper_tables, paper_deltas
 from harness.results import Results, SuiteSource
-from harness.stats import CI_LEVEL, Difference, bootstrap_mean_ci, compare_seeds
-from harness.suite import ComparisonSpec
+from harness.stats import BOOTSTRAP_RESAMPLES, CI_LEVEL, Difference, bootstrap_mean_ci, compare_seeds
+from harness.suite import ComparisonSpec as Comparison
 
 FIGURE_FORMATS = ("png", "svg")
 FEW_SEEDS = 5  # below this, say that a bootstrap over seeds is a rough guide
@@ -31,8 +32,8 @@ FEW_SEEDS = 5  # below this, say that a bootstrap over seeds is a rough guide
 # ------------------------------------------------------------------------------------- metrics
 
 
-def lower_is_better(metric: str) -> bool:
-    return metric.endswith(("loss", "ppl"))
+def _better(metric: str) -> str:
+    return "lower" if lower_is_better(metric) else "higher"
 
 
 def metric_label(metric: str) -> str:
@@ -102,42 +103,20 @@ def summarize(results: Results, metrics: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["arm", "metric", "n", "runs", "mean", "std", "median", "ci_low", "ci_high"])
 
 
-@dataclass(frozen=True)
-class Comparison:
-    arm: str
-    baseline: str
-    paper_table: str | None = None
-    paper_arm: str | None = None
-    paper_baseline: str | None = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.arm} vs {self.baseline}"
-
-
 def comparisons_for(results: Results, baseline: str | None = None) -> list[Comparison]:
     """The suite's comparisons (arm labels as in the tables); with several suites, every arm
     against the first suite's baseline unless `baseline` names another."""
     arms = results.arms()
     if baseline is not None and baseline not in arms:
         raise ValueError(f"--baseline {baseline!r}: no such arm (have: {', '.join(arms)})")
-    if results.multi_suite:
-        first = results.sources[0]
-        default = None
-        if first.spec:
-            default = f"{first.name}/{first.spec.comparison_list()[0].baseline}" if len(first.spec.arms) > 1 else None
-        reference = baseline or default or (arms[0] if arms else None)
-        return [Comparison(arm, reference) for arm in arms if arm != reference]
-    source = results.sources[0]
-    if source.spec is None:
-        reference = baseline or (arms[0] if arms else None)
-        return [Comparison(arm, reference) for arm in arms if arm != reference]
-    specs: list[ComparisonSpec] = source.spec.comparison_list(baseline)
-    out = []
-    for spec in specs:
-        ref = spec.paper
-        out.append(Comparison(spec.arm, spec.baseline, *((ref.table, ref.arm, ref.baseline) if ref else (None,) * 3)))
-    return out
+    first = results.sources[0]
+    if not results.multi_suite and first.spec is not None:
+        return first.spec.comparison_list(baseline)
+    default = None
+    if results.multi_suite and first.spec and len(first.spec.arms) > 1:
+        default = f"{first.name}/{first.spec.comparison_list()[0].baseline}"
+    reference = baseline or default or (arms[0] if arms else None)
+    return [Comparison(arm=arm, baseline=reference) for arm in arms if arm != reference]
 
 
 def _values_by_seed(results: Results, arm: str, metric: str) -> dict[int, float]:
@@ -167,14 +146,13 @@ def verdict(comparison: Comparison, metric: str, diff: Difference) -> tuple[str,
 
 def compare(results: Results, comparisons: list[Comparison], metrics: list[str]) -> pd.DataFrame:
     rows = []
-    tables = load_paper_tables() if any(c.paper_table for c in comparisons) else {}
     for comparison in comparisons:
         for metric in metrics:
             diff = compare_seeds(
                 _values_by_seed(results, comparison.arm, metric), _values_by_seed(results, comparison.baseline, metric)
             )
             ours, winner = verdict(comparison, metric, diff)
-            paper = _paper_direction(tables, comparison, metric)
+            paper = _paper_direction(comparison, metric)
             rows.append(
                 {
                     "comparison": comparison.name,
@@ -194,7 +172,7 @@ def compare(results: Results, comparisons: list[Comparison], metrics: list[str])
                     "significant": winner is not None,
                     "our_direction": ours,
                     "paper_direction": paper,
-                    "agrees_with_paper": _agreement(tables, comparison, metric, winner),
+                    "agrees_with_paper": _agreement(comparison, metric, winner),
                 }
             )
     columns = ["comparison", "arm", "baseline", "metric", "diff", "relative", "ci_low", "ci_high", "p_value", "test",
@@ -203,36 +181,34 @@ def compare(results: Results, comparisons: list[Comparison], metrics: list[str])
     return pd.DataFrame(rows, columns=columns)
 
 
-def _paper_direction(tables: dict[str, tuple[str, PaperTable]], comparison: Comparison, metric: str) -> str:
+def _paper_columns(comparison: Comparison, metric: str) -> tuple[list[PaperDelta], list[PaperDelta]]:
+    """(every column of the mapped paper table with both rows, the columns measuring `metric`)."""
+    if comparison.paper is None:
+        return [], []
+    ref = comparison.paper
+    table = load_paper_tables()[ref.table][1]
+    deltas = paper_deltas(table, ref.arm, ref.baseline)
+    return deltas, [d for d in deltas if table.columns[d.column].ours == metric]
+
+
+def _paper_direction(comparison: Comparison, metric: str) -> str:
     """The paper's direction on the column measuring this metric, or, when no column does, a
     count over the table's columns (the paper's downstream tasks against our proxy metric)."""
-    if not comparison.paper_table:
+    deltas, same = _paper_columns(comparison, metric)
+    if not deltas:
         return ""
-    table = tables[comparison.paper_table][1]
-    deltas = paper_deltas(table, comparison.paper_arm, comparison.paper_baseline)
-    same = [d for d in deltas if table.columns[d.column].ours == metric]
-    chosen = same or deltas
-    better = sum(d.arm_better is True for d in chosen)
-    worse = sum(d.arm_better is False for d in chosen)
     if same:
         d = same[0]
         word = {True: f"{comparison.arm} better", False: f"{comparison.baseline} better", None: "equal"}[d.arm_better]
         return f"{word} ({d.label} {d.delta:+.2f})"
-    return f"{comparison.arm} better on {better}, worse on {worse} of {len(chosen)} paper columns"
+    better = sum(d.arm_better is True for d in deltas)
+    worse = sum(d.arm_better is False for d in deltas)
+    return f"{comparison.arm} better on {better}, worse on {worse} of {len(deltas)} paper columns"
 
 
-def _agreement(
-    tables: dict[str, tuple[str, PaperTable]], comparison: Comparison, metric: str, winner: str | None
-) -> str:
+def _agreement(comparison: Comparison, metric: str, winner: str | None) -> str:
     """yes / no / inconclusive where a paper column measures this very metric; blank otherwise."""
-    if not comparison.paper_table:
-        return ""
-    table = tables[comparison.paper_table][1]
-    same = [
-        d
-        for d in paper_deltas(table, comparison.paper_arm, comparison.paper_baseline)
-        if table.columns[d.column].ours == metric
-    ]
+    _, same = _paper_columns(comparison, metric)
     if not same:
         return ""
     if winner is None or same[0].arm_better is None:
@@ -244,18 +220,17 @@ def _agreement(
 def paper_side_by_side(results: Results, comparisons: list[Comparison], summary: pd.DataFrame) -> list[dict[str, Any]]:
     """For each paper table the suite maps onto: the paper's rows and, under each paper row that
     one of our arms stands for, our mean on the metric measuring the same thing (in the paper's unit)."""
-    tables = load_paper_tables() if any(c.paper_table for c in comparisons) else {}
     mapping: dict[str, dict[str, str]] = {}  # table -> paper row -> our arm
     for c in comparisons:
-        if c.paper_table:
-            mapping.setdefault(c.paper_table, {})
-            mapping[c.paper_table].setdefault(c.paper_arm, c.arm)
-            mapping[c.paper_table].setdefault(c.paper_baseline, c.baseline)
+        if c.paper is not None:
+            rows = mapping.setdefault(c.paper.table, {})
+            rows.setdefault(c.paper.arm, c.arm)
+            rows.setdefault(c.paper.baseline, c.baseline)
+    reported = set(results.metrics["metric"]) if len(results.metrics) else set()
     out = []
     for table_id, rows in mapping.items():
-        paper, table = tables[table_id]
+        paper, table = load_paper_tables()[table_id]
         header = ["setting", "source", *[f"{col.label}: {col.measures}" for col in table.columns.values()]]
-        reported = set(results.metrics["metric"]) if len(results.metrics) else set()
         body = []
         for row_id, arm in rows.items():
             row = table.rows[row_id]
@@ -308,16 +283,16 @@ def config_differences(results: Results, comparisons: list[Comparison]) -> list[
     return rows
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _same(a: Any, b: Any) -> bool:
-    a_missing = a is None or (isinstance(a, float) and math.isnan(a))
-    b_missing = b is None or (isinstance(b, float) and math.isnan(b))
-    return (a_missing and b_missing) or (not a_missing and not b_missing and a == b)
+    return (_missing(a) and _missing(b)) or (not _missing(a) and not _missing(b) and a == b)
 
 
 def _plain(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "unset"
-    return str(value)
+    return "unset" if _missing(value) else str(value)
 
 
 # ------------------------------------------------------------------------------------ figures
@@ -334,18 +309,24 @@ def _style(count: int) -> tuple[list[Any], list[Any], list[str]]:
     return palette, [dashes[i % len(dashes)] for i in range(count)], [markers[i % len(markers)] for i in range(count)]
 
 
-def _save(fig: Any, out_dir: Path, stem: str) -> list[Path]:
+def _error_bars(center: Any, low: Any, high: Any) -> list[np.ndarray]:
+    """Matplotlib's [below, above] distances; a missing bound (one seed) draws no bar."""
+    center = np.asarray(center, dtype=float)
+    low = np.where(np.isnan(np.asarray(low, dtype=float)), center, low)
+    high = np.where(np.isnan(np.asarray(high, dtype=float)), center, high)
+    return [center - low, high - center]
+
+
+def _save(fig: Any, out_dir: Path, stem: str) -> Path:
+    """PNG and SVG of the figure; returns the PNG (what the report embeds)."""
     import matplotlib.pyplot as plt
 
-    paths = []
     for fmt in FIGURE_FORMATS:
-        path = out_dir / f"{stem}.{fmt}"
         # no timestamps in the files: the same results give byte-identical figures
         metadata = {"Date": None} if fmt == "svg" else {"Software": None}
-        fig.savefig(path, dpi=150, bbox_inches="tight", metadata=metadata)
-        paths.append(path)
+        fig.savefig(out_dir / f"{stem}.{fmt}", dpi=150, bbox_inches="tight", metadata=metadata)
     plt.close(fig)
-    return paths
+    return out_dir / f"{stem}.png"
 
 
 def figure_curves(results: Results, out_dir: Path) -> Path | None:
@@ -384,15 +365,20 @@ def figure_curves(results: Results, out_dir: Path) -> Path | None:
         ax.grid(True, alpha=0.3)
         ax.legend(title="arm (band: min–max over seeds)", fontsize=8, title_fontsize=8)
     fig.tight_layout()
-    return _save(fig, out_dir, "curves")[0]
+    return _save(fig, out_dir, "curves")
+
+
+def _with_results(summary: pd.DataFrame, metrics: list[str]) -> list[str]:
+    """The metrics some arm has a finished run for."""
+    reported = set(summary.loc[summary["n"] > 0, "metric"])
+    return [m for m in metrics if m in reported]
 
 
 def figure_metrics(results: Results, summary: pd.DataFrame, metrics: list[str], out_dir: Path) -> Path | None:
     """Each metric per arm: every seed as a grey point, the mean with its bootstrap CI in black."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
-    metrics = [m for m in metrics if (summary.query("metric == @m")["n"] > 0).any()]
+    metrics = _with_results(summary, metrics)
     if not metrics:
         return None
     arms = results.arms()
@@ -401,13 +387,14 @@ def figure_metrics(results: Results, summary: pd.DataFrame, metrics: list[str], 
     fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False)
     for ax, metric in zip(axes.flat, metrics):
         data = results.metrics[results.metrics["metric"] == metric]
-        sns.stripplot(data=data, x="arm", y="value", order=arms, color="0.55", size=5, jitter=0.12, ax=ax, zorder=1)
-        stats = summary[summary["metric"] == metric].set_index("arm").reindex(arms)
         positions = np.arange(len(arms))
+        # seeds side by side, jittered by a seeded generator so the same results draw the same figure
+        jitter = np.random.default_rng(0).uniform(-0.12, 0.12, len(data))
+        ax.scatter(data["arm"].map(dict(zip(arms, positions))) + jitter, data["value"], color="0.55", s=25, zorder=1)
+        stats = summary[summary["metric"] == metric].set_index("arm").reindex(arms)
         means = stats["mean"].to_numpy(dtype=float)
-        low = np.where(np.isnan(stats["ci_low"]), means, stats["ci_low"])
-        high = np.where(np.isnan(stats["ci_high"]), means, stats["ci_high"])
-        ax.errorbar(positions, means, yerr=[means - low, high - means], fmt="D", color="black", capsize=5,
+        yerr = _error_bars(means, stats["ci_low"], stats["ci_high"])
+        ax.errorbar(positions, means, yerr=yerr, fmt="D", color="black", capsize=5,
                     markersize=6, zorder=2, label=f"mean, {CI_LEVEL:.0%} bootstrap CI")  # fmt: skip
         ax.set_xticks(positions, arms)
         ax.set_xlim(-0.5, len(arms) - 0.5)  # every arm keeps its place, also one without results
@@ -420,14 +407,14 @@ def figure_metrics(results: Results, summary: pd.DataFrame, metrics: list[str], 
             pad = abs(values.iloc[0]) * 0.05 or 0.05
             ax.set_ylim(values.iloc[0] - pad, values.iloc[0] + pad)
         ax.set_ylabel(metric_label(metric), fontsize=9)
-        ax.set_title(metric + (" (lower is better)" if lower_is_better(metric) else " (higher is better)"), fontsize=9)
+        ax.set_title(f"{metric} ({_better(metric)} is better)", fontsize=9)
         ax.tick_params(axis="x", rotation=20, labelsize=8)
         ax.grid(True, axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(metrics) :]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=7, loc="best")
     fig.tight_layout()
-    return _save(fig, out_dir, "metrics")[0]
+    return _save(fig, out_dir, "metrics")
 
 
 def figure_differences(table: pd.DataFrame, out_dir: Path) -> Path | None:
@@ -447,23 +434,21 @@ def figure_differences(table: pd.DataFrame, out_dir: Path) -> Path | None:
         data = table[table["metric"] == metric].set_index("comparison").reindex(names)
         positions = np.arange(len(names))[::-1]
         diff = data["diff"].to_numpy(dtype=float)
-        low = np.where(np.isnan(data["ci_low"]), diff, data["ci_low"])
-        high = np.where(np.isnan(data["ci_high"]), diff, data["ci_high"])
+        below, above = _error_bars(diff, data["ci_low"], data["ci_high"])
         excludes = data["ci_excludes_zero"].fillna(False).to_numpy(dtype=bool)
         significant = data["significant"].fillna(False).to_numpy(dtype=bool)
-        for y, d, lo, hi, out, sig in zip(positions, diff, low, high, excludes, significant):
+        for y, d, lo, hi, out, sig in zip(positions, diff, below, above, excludes, significant):
             fill = "black" if sig else "0.6" if out else "white"
-            ax.errorbar([d], [y], xerr=[[d - lo], [hi - d]], fmt="o", mfc=fill, color="black", capsize=4)
+            ax.errorbar([d], [y], xerr=[[lo], [hi]], fmt="o", mfc=fill, color="black", capsize=4)
         ax.axvline(0, color="0.4", linestyle="--", linewidth=1)
         ax.set_yticks(positions, names, fontsize=8)
-        direction = "lower is better" if lower_is_better(metric) else "higher is better"
         ax.set_xlabel(f"difference, arm − baseline ({metric_label(metric)})", fontsize=8)
-        ax.set_title(f"{metric} ({direction})", fontsize=9)
+        ax.set_title(f"{metric} ({_better(metric)} is better)", fontsize=9)
         ax.grid(True, axis="x", alpha=0.3)
     for ax in list(axes.flat)[len(metrics) :]:
         ax.set_visible(False)
     fig.tight_layout()
-    return _save(fig, out_dir, "differences")[0]
+    return _save(fig, out_dir, "differences")
 
 
 BATCH_KEYS = ("config.train.tokens_per_step", "config.train.batch_size")
@@ -486,7 +471,7 @@ def figure_batch(results: Results, summary: pd.DataFrame, metrics: list[str], ou
     if key is None:
         return None
     batch = arm_configs(results)[key]
-    metrics = [m for m in metrics if (summary.query("metric == @m")["n"] > 0).any()]
+    metrics = _with_results(summary, metrics)
     if not metrics:
         return None
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.6), squeeze=False)
@@ -494,10 +479,8 @@ def figure_batch(results: Results, summary: pd.DataFrame, metrics: list[str], ou
         stats = summary[summary["metric"] == metric].copy()
         stats["batch"] = stats["arm"].map(batch).astype(float)
         stats = stats.dropna(subset=["batch", "mean"]).sort_values("batch")
-        low = np.where(np.isnan(stats["ci_low"]), stats["mean"], stats["ci_low"])
-        high = np.where(np.isnan(stats["ci_high"]), stats["mean"], stats["ci_high"])
-        ax.errorbar(stats["batch"], stats["mean"], yerr=[stats["mean"] - low, high - stats["mean"]], fmt="-o",
-                    color="black", capsize=4)  # fmt: skip
+        yerr = _error_bars(stats["mean"], stats["ci_low"], stats["ci_high"])
+        ax.errorbar(stats["batch"], stats["mean"], yerr=yerr, fmt="-o", color="black", capsize=4)
         for _, row in stats.iterrows():
             ax.annotate(row["arm"], (row["batch"], row["mean"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xscale("log", base=2)
@@ -506,7 +489,7 @@ def figure_batch(results: Results, summary: pd.DataFrame, metrics: list[str], ou
         ax.set_ylabel(metric_label(metric), fontsize=9)
         ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    return _save(fig, out_dir, "batch-size")[0]
+    return _save(fig, out_dir, "batch-size")
 
 
 # ----------------------------------------------------------------------------------- document
@@ -597,7 +580,7 @@ def _inline(text: str) -> str:
 
 
 def _fmt(value: Any, signed: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return "–"
     value = float(value)
     digits = 1 if abs(value) >= 100 else 2 if abs(value) >= 10 else 4
@@ -622,7 +605,6 @@ def _p(value: float) -> str:
 @dataclass
 class ReportOutput:
     directory: Path
-    files: list[Path]
     problems: list[str]
 
 
@@ -639,20 +621,20 @@ def _metric_sentence(row: pd.Series) -> str:
     relative = f" ({row['relative']:+.1%})" if not math.isnan(row["relative"]) else ""
     if math.isnan(row["ci_low"]):
         return f"{metric} {_fmt(row['diff'], True)}{relative}, too few seeds for an interval: undecided"
-    better = "lower" if lower_is_better(metric) else "higher"
     verdict_text = f"**{row['our_direction']}**" if row["significant"] else row["our_direction"]
     return (
-        f"{metric} ({better} is better) {_fmt(row['diff'], True)}{relative}, CI [{_fmt(row['ci_low'], True)}, "
+        f"{metric} ({_better(metric)} is better) {_fmt(row['diff'], True)}{relative}, CI [{_fmt(row['ci_low'], True)}, "
         f"{_fmt(row['ci_high'], True)}], p {_p_clause(row['p_value'])}: {verdict_text}"
     )
 
 
 def _paper_sentence(comparison: Comparison) -> str:
-    if not comparison.paper_table:
+    if comparison.paper is None:
         return ""
-    paper, table = load_paper_tables()[comparison.paper_table]
-    arm, base = table.rows[comparison.paper_arm], table.rows[comparison.paper_baseline]
-    deltas = paper_deltas(table, comparison.paper_arm, comparison.paper_baseline)
+    ref = comparison.paper
+    table = load_paper_tables()[ref.table][1]
+    arm, base = table.rows[ref.arm], table.rows[ref.baseline]
+    deltas, _ = _paper_columns(comparison, "")
     listed = ", ".join(f"{d.label} {d.delta:+.2f}" for d in deltas)
     return f" Paper ({table.title}, {arm.label} − {base.label}): {listed}."
 
@@ -688,7 +670,6 @@ def build_report(results: Results, out_dir: Path, baseline: str | None = None) -
     figures_dir = out_dir / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     problems = list(results.problems)
-    files: list[Path] = []
 
     metrics_all = metric_order(results)
     headline = declared_metrics(results) or metrics_all[:1]
@@ -703,7 +684,6 @@ def build_report(results: Results, out_dir: Path, baseline: str | None = None) -
     run_columns = ["suite", "arm", "seed", "run_id", "state", "error", "tokens", "steps", "epochs", "wall_s"]
     run_columns = [c for c in run_columns if c in results.runs]
     results.runs[run_columns].to_csv(out_dir / "runs.csv", index=False)
-    files += [out_dir / n for n in ("results.csv", "results.parquet", "summary.csv", "comparisons.csv", "runs.csv")]
 
     figures = {
         "curves": figure_curves(results, figures_dir),
@@ -711,16 +691,11 @@ def build_report(results: Results, out_dir: Path, baseline: str | None = None) -
         "differences": figure_differences(comparison_table, figures_dir),
         "batch": figure_batch(results, summary, headline, figures_dir),
     }
-    for path in figures.values():
-        if path is not None:
-            files += [path.with_suffix(f".{fmt}") for fmt in FIGURE_FORMATS]
-
     doc = _document(results, summary, comparison_table, comparisons, figures, headline, problems)
     title = "Report: " + ", ".join(s.name for s in results.sources)
     (out_dir / "report.md").write_text(doc.markdown(out_dir), encoding="utf-8")
     (out_dir / "report.html").write_text(doc.html(title), encoding="utf-8")
-    files += [out_dir / "report.md", out_dir / "report.html"]
-    return ReportOutput(out_dir, files, problems)
+    return ReportOutput(out_dir, problems)
 
 
 def _to_parquet(frame: pd.DataFrame, path: Path) -> None:
@@ -755,13 +730,15 @@ def _document(
         f"Generated by harness {harness.__version__} on {time.strftime('%Y-%m-%d')} from {len(runs)} run(s) "
         f"({done} finished) under {', '.join(f'`{s.directory}`' for s in results.sources)}. "
         f"Statistics are over pretraining seeds; intervals are {CI_LEVEL:.0%} percentile bootstrap intervals of the "
-        f"mean (10,000 resamples, seeded); tests are two-sided t-tests, paired by seed where both arms ran it."
+        f"mean ({BOOTSTRAP_RESAMPLES:,} resamples, seeded); tests are two-sided t-tests, paired by seed where both "
+        "arms ran it."
     )
 
     doc.heading(2, "Comparisons")
     doc.paragraph(
-        "Differences are arm − baseline with their 95% CI and t-test p-value. A side is called better only "
-        'when the CI excludes 0 and p < 0.05; "leans" marks a CI that excludes 0 with a test that does not agree.'
+        f"Differences are arm − baseline with their {CI_LEVEL:.0%} CI and t-test p-value. A side is called better "
+        f'only when the CI excludes 0 and p < {SIGNIFICANCE}; "leans" marks a CI that excludes 0 with a test that '
+        "does not agree."
     )
     doc.bullets(_narrative(comparison_table, comparisons))
     fewest = int(comparison_table[["n_arm", "n_baseline"]].min().min()) if len(comparison_table) else 0

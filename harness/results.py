@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from harness.config import ConfigError
-from harness.records import SCHEMA_VERSION, atomic_write_json
+from harness.records import SCHEMA_VERSION, atomic_write_json, read_jsonl
 from harness.suite import Suite, SuiteSpec, load_suite
 
 MANIFEST = "suite.json"
@@ -107,20 +107,10 @@ class _Reader:
         return data
 
     def jsonl_file(self, path: Path) -> list[dict[str, Any]]:
-        if not path.is_file():
-            return []
-        rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                self.problems.append(f"{path}: line {number} is not valid JSON (half-written?): skipped")
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-        return rows
+        def report(number: int) -> None:
+            self.problems.append(f"{path}: line {number} is not valid JSON (half-written?): skipped")
+
+        return read_jsonl(path, report)
 
 
 def _number(value: Any) -> float | None:
@@ -156,20 +146,17 @@ def _manifest_spec(directory: Path, reader: _Reader) -> SuiteSpec | None:
 
 
 def _sources_from_directory(directory: Path, reader: _Reader) -> list[SuiteSource]:
-    """A suite's results directory, or a results root holding several suites."""
-    names: dict[str, Path] = {}
-    quiet = _Reader()  # a corrupt config.json is named once, when the records are read
-    for config_path in sorted(directory.glob("**/config.json")):
-        if "_cache" in config_path.parts:
-            continue
-        header = quiet.json_file(config_path)
-        suite_name = header.get("suite") if header else None
-        if suite_name:
-            names.setdefault(suite_name, config_path.parent.parent)
-    if not names:
-        spec = _manifest_spec(directory, reader)
-        return [SuiteSource(spec.name if spec else directory.name, directory, spec)]
-    return [SuiteSource(name, suite_dir, _manifest_spec(suite_dir, reader)) for name, suite_dir in names.items()]
+    """A suite's results directory, or a results root holding several suites: every directory
+    with run directories (`<run-id>/config.json`) in it is a suite, named by its manifest or, without
+    one, by the directory (`harness run` files runs under <out>/<suite name>/)."""
+    suite_dirs = sorted(
+        {p.parent.parent for p in directory.glob("**/config.json") if "_cache" not in p.relative_to(directory).parts}
+    )
+    sources = []
+    for suite_dir in suite_dirs or [directory]:
+        spec = _manifest_spec(suite_dir, reader)
+        sources.append(SuiteSource(spec.name if spec else suite_dir.name, suite_dir, spec))
+    return sources
 
 
 def resolve_sources(
@@ -203,17 +190,76 @@ def _pick(candidates: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[s
     return ranked[0], ranked[1:]
 
 
+RUN_COLUMNS = ["suite", "arm", "seed", "run_id", "metric", "value"]
+CURVE_COLUMNS = ["suite", "arm", "seed", "run_id", "step", "tokens", "metric", "value"]
+FINETUNE_COLUMNS = ["suite", "arm", "seed", "run_id", "task", "metric", "finetune_seed", "value", "diverged"]
+
+
+@dataclass
+class _Rows:
+    """The rows of the four tables as records are read, with what was noticed on the way."""
+
+    reader: _Reader
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    curves: list[dict[str, Any]] = field(default_factory=list)
+    finetune: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def missing(self, base: dict[str, Any], run_id: str, config: dict[str, Any]) -> None:
+        config_cols = {f"config.{k}": v for k, v in flatten(config).items()}
+        self.runs.append({**base, "run_id": run_id, "state": "missing", "error": "", **config_cols})
+
+    def record(self, base: dict[str, Any], record: dict[str, Any]) -> None:
+        base = {**base, "run_id": record["run_id"]}
+        config_cols = {f"config.{k}": v for k, v in flatten(record["config"]).items()}
+        summary = record["summary"] or {}
+        budget = summary.get("budget", {})
+        self.runs.append(
+            {
+                **base,
+                "state": record["state"],
+                "error": record["error"],
+                "tokens": budget.get("tokens"),
+                "steps": budget.get("steps"),
+                "epochs": budget.get("epochs"),
+                "wall_s": summary.get("wall_s"),
+                "directory": str(record["dir"]),
+                **config_cols,
+            }
+        )
+        if record["state"] == "done":
+            self._metrics(base, record, summary, config_cols)
+            self.finetune.extend(_finetune_rows(base, summary.get("downstream", {})))
+        for row in record["curve"]:
+            step, tokens = _number(row.get("step")), _number(row.get("tokens"))
+            if step is None or tokens is None:
+                continue
+            for metric in CURVE_METRICS:
+                value = _number(row.get(metric))
+                if value is not None and math.isfinite(value):
+                    self.curves.append({**base, "step": step, "tokens": tokens, "metric": metric, "value": value})
+
+    def _metrics(self, base: dict[str, Any], record: dict[str, Any], summary: dict[str, Any], config_cols) -> None:
+        for metric, raw in summary.get("metrics", {}).items():
+            value = _number(raw)
+            if value is None:
+                where = record["dir"] / "summary.json"
+                self.reader.problems.append(f"{where}: metric {metric} = {raw!r} is not a number: left out")
+            elif not math.isfinite(value):
+                self.notes.append(
+                    f"{base['arm']} seed {base['seed']}: {metric} is {value} (diverged?): left out of statistics"
+                )
+            else:
+                self.metrics.append({**base, "metric": metric, "value": value, **config_cols})
+
+
 def load_results(sources: list[SuiteSource], problems: list[str] | None = None) -> Results:
     """Read every record of the sources; `problems` found earlier (resolving sources) are kept."""
     reader = _Reader()
     reader.problems = list(problems or [])
-    notes: list[str] = []
+    rows = _Rows(reader)
     multi = len(sources) > 1
-    run_rows: list[dict[str, Any]] = []
-    metric_rows: list[dict[str, Any]] = []
-    curve_rows: list[dict[str, Any]] = []
-    finetune_rows: list[dict[str, Any]] = []
-
     for source in sources:
         records = _read_records(source.directory, reader)
         if not records:
@@ -225,110 +271,57 @@ def load_results(sources: list[SuiteSource], problems: list[str] | None = None) 
             wanted = set(source.expected.values())
             stray = [r for r in records if r["run_id"] not in wanted]
             if stray:
-                notes.append(
+                rows.notes.append(
                     f"{source.name}: {len(stray)} record(s) under {source.directory} are not runs of the suite as "
                     f"now written (edited since they ran, or other --set overrides): not included"
                 )
             records = [r for r in records if r["run_id"] in wanted]
-
-        spec_arms = list(source.spec.arms) if source.spec else []
-        seen_arms = [r["arm"] for r in records if r["arm"] not in spec_arms]
-        arms = list(dict.fromkeys([*spec_arms, *sorted(seen_arms)]))
-        spec_seeds = list(source.spec.seeds) if source.spec else []
-        seeds = list(dict.fromkeys([*spec_seeds, *sorted({r["seed"] for r in records} - set(spec_seeds))]))
-
         by_cell: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for record in records:
             by_cell.setdefault((record["arm"], record["seed"]), []).append(record)
+        arms, seeds = _grid(source, records)
         for arm in arms:
             for seed in seeds:
-                label = _label(source, arm, multi)
+                base = {"suite": source.name, "arm": _label(source, arm, multi), "seed": seed}
                 candidates = by_cell.get((arm, seed), [])
-                base = {"suite": source.name, "arm": label, "seed": seed}
                 if not candidates:
-                    config = source.configs.get((arm, seed), {})
-                    run_rows.append(
-                        {**base, "run_id": source.expected.get((arm, seed), ""), "state": "missing", "error": "",
-                         **{f"config.{k}": v for k, v in flatten(config).items()}}
-                    )  # fmt: skip
+                    rows.missing(base, source.expected.get((arm, seed), ""), source.configs.get((arm, seed), {}))
                     continue
                 record, superseded = _pick(candidates)
                 if superseded:
-                    notes.append(
+                    rows.notes.append(
                         f"{source.name} {arm} seed {seed}: {len(superseded)} older record(s) superseded by "
                         f"{record['run_id']} ({', '.join(r['run_id'] for r in superseded)})"
                     )
-                base["run_id"] = record["run_id"]
-                config_cols = {f"config.{k}": v for k, v in flatten(record["config"]).items()}
-                summary = record["summary"] or {}
-                budget = summary.get("budget", {})
-                run_rows.append(
-                    {
-                        **base,
-                        "state": record["state"],
-                        "error": record["error"],
-                        "tokens": budget.get("tokens"),
-                        "steps": budget.get("steps"),
-                        "epochs": budget.get("epochs"),
-                        "wall_s": summary.get("wall_s"),
-                        "directory": str(record["dir"]),
-                        **config_cols,
-                    }
-                )
-                if record["state"] == "done":
-                    for metric, raw in summary.get("metrics", {}).items():
-                        value = _number(raw)
-                        if value is None:
-                            reader.problems.append(
-                                f"{record['dir'] / 'summary.json'}: metric {metric} = {raw!r} is not a number: left out"
-                            )
-                            continue
-                        if not math.isfinite(value):
-                            notes.append(
-                                f"{label} seed {seed}: {metric} is {value} (diverged?): left out of statistics"
-                            )
-                            continue
-                        metric_rows.append({**base, "metric": metric, "value": value, **config_cols})
-                    finetune_rows.extend(_finetune_rows(base, summary.get("downstream", {})))
-                for row in record["curve"]:
-                    step, tokens = _number(row.get("step")), _number(row.get("tokens"))
-                    if step is None or tokens is None:
-                        continue
-                    for metric in CURVE_METRICS:
-                        value = _number(row.get(metric))
-                        if value is not None and math.isfinite(value):
-                            curve_rows.append(
-                                {**base, "step": step, "tokens": tokens, "metric": metric, "value": value}
-                            )
+                rows.record(base, record)
 
-    runs = pd.DataFrame(run_rows)
+    runs = pd.DataFrame(rows.runs)
     if len(runs):
         for column in ("tokens", "steps", "epochs", "wall_s"):
             if column not in runs:
                 runs[column] = math.nan
-    metrics = pd.DataFrame(
-        metric_rows, columns=None if metric_rows else ["suite", "arm", "seed", "run_id", "metric", "value"]
-    )
-    curves = pd.DataFrame(
-        curve_rows,
-        columns=None if curve_rows else ["suite", "arm", "seed", "run_id", "step", "tokens", "metric", "value"],
-    )  # noqa: E501
-    finetune = pd.DataFrame(
-        finetune_rows,
-        columns=None
-        if finetune_rows
-        else ["suite", "arm", "seed", "run_id", "task", "metric", "finetune_seed", "value", "diverged"],
-    )  # noqa: E501
+    metrics = pd.DataFrame(rows.metrics, columns=None if rows.metrics else RUN_COLUMNS)
+    curves = pd.DataFrame(rows.curves, columns=None if rows.curves else CURVE_COLUMNS)
+    finetune = pd.DataFrame(rows.finetune, columns=None if rows.finetune else FINETUNE_COLUMNS)
     if multi and len(metrics):
         per_suite = metrics.groupby("suite")["metric"].agg(set)
         shared = set.intersection(*per_suite)
         for suite_name, names in per_suite.items():
             only = sorted(names - shared)
             if only:
-                notes.append(
+                rows.notes.append(
                     f"{suite_name}: metric(s) {', '.join(only)} not reported by every suite: not compared across suites"
                 )
-    return Results(runs, metrics, curves, finetune, sources, reader.problems, notes)
+    return Results(runs, metrics, curves, finetune, sources, reader.problems, rows.notes)
+
+
+def _grid(source: SuiteSource, records: list[dict[str, Any]]) -> tuple[list[str], list[int]]:
+    """Arms and seeds to show: the suite's own, in its order, then any others the records hold."""
+    spec_arms = list(source.spec.arms) if source.spec else []
+    arms = list(dict.fromkeys([*spec_arms, *sorted(r["arm"] for r in records if r["arm"] not in spec_arms)]))
+    spec_seeds = list(source.spec.seeds) if source.spec else []
+    seeds = list(dict.fromkeys([*spec_seeds, *sorted({r["seed"] for r in records} - set(spec_seeds))]))
+    return arms, seeds
 
 
 def _finetune_rows(base: dict[str, Any], downstream: dict[str, Any]) -> list[dict[str, Any]]:
@@ -365,11 +358,14 @@ def _read_records(directory: Path, reader: _Reader) -> list[dict[str, Any]]:
             continue
         status = reader.json_file(run_dir / "status.json") or {}
         state = status.get("state", "unknown")
+        error = str(status.get("error", ""))  # failed, diverged, pruned: why
         summary = None
-        if state == "done":
+        if state == "unknown":
+            error = "status.json missing or unreadable"
+        elif state == "done":
             summary = reader.json_file(run_dir / "summary.json")
             if summary is None:
-                state = "corrupt"
+                state, error = "corrupt", "summary.json unreadable"
                 if not (run_dir / "summary.json").is_file():
                     reader.problems.append(f"{run_dir}: status says done but summary.json is missing")
         records.append(
@@ -382,13 +378,9 @@ def _read_records(directory: Path, reader: _Reader) -> list[dict[str, Any]]:
                 "config": header["config"],
                 "state": state,
                 "time": str(status.get("time", "")),
-                "error": str(status.get("error", "")) if state in ("failed", "corrupt", "unknown") else "",
+                "error": error,
                 "summary": summary,
                 "curve": reader.jsonl_file(run_dir / "metrics.jsonl"),
             }
         )
-        if state == "corrupt" and not records[-1]["error"]:
-            records[-1]["error"] = "summary.json unreadable"
-        if state == "unknown":
-            records[-1]["error"] = "status.json missing or unreadable"
     return records

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from harness.config import ConfigError, deep_merge, nested, validate_run_config
+from harness.config import ConfigError, RunConfig, deep_merge, lower_is_better, nested, validate_run_config
 from harness.records import RunLock, RunRecord
 from harness.suite import ParamSpace, Run, SearchSpec, Suite
 
@@ -79,7 +79,7 @@ def retry_callback():
 def direction(search: SearchSpec) -> str:
     if search.objective.direction:
         return search.objective.direction
-    return "minimize" if search.objective.metric.endswith(("loss", "ppl")) else "maximize"
+    return "minimize" if lower_is_better(search.objective.metric) else "maximize"
 
 
 def study_names(suite: Suite) -> dict[str, str]:
@@ -135,10 +135,15 @@ def trial_config(base_run: Run, params: dict[str, Any], search: SearchSpec, sour
     for path, value in params.items():
         raw = deep_merge(raw, nested(path.split("."), value))
     if search.report_every_tokens:
-        config = validate_run_config(raw, source)
-        per_step = config.train.tokens_per_step or config.train.batch_size * config.data.max_seq_len
+        per_step = _nominal_tokens_per_step(validate_run_config(raw, source))
         raw = deep_merge(raw, {"train": {"eval_every": max(1, round(search.report_every_tokens / per_step))}})
     return raw
+
+
+def _nominal_tokens_per_step(config: RunConfig) -> int:
+    """Tokens a step holds: the target, or for a fixed number of sequences, full ones (an upper bound)."""
+    train = config.train
+    return train.tokens_per_step or train.batch_size * config.data.max_seq_len
 
 
 @dataclass
@@ -285,8 +290,7 @@ def _expected_reports(base_run: Run, search: SearchSpec) -> int:
     if not search.report_every_tokens:
         return 1
     train = base_run.config.train
-    per_step = train.tokens_per_step or train.batch_size * base_run.config.data.max_seq_len
-    total = train.token_budget or (train.steps or 1) * per_step
+    total = train.token_budget or (train.steps or 1) * _nominal_tokens_per_step(base_run.config)
     return max(1, total // search.report_every_tokens)
 
 

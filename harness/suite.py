@@ -42,6 +42,10 @@ class ComparisonSpec(Schema):
     baseline: str = Field(description="Arm it is compared against.")
     paper: PaperRef | None = Field(None, description="The paper's rows for the same two settings, if any.")
 
+    @property
+    def name(self) -> str:
+        return f"{self.arm} vs {self.baseline}"
+
 
 class ParamSpace(Schema):
     """One searched config field."""

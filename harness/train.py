@@ -141,13 +141,20 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
+def try_compile(model: nn.Module) -> tuple[nn.Module, Exception | None]:
+    """torch.compile, or the eager model and the reason when compilation is unavailable here."""
+    try:
+        return torch.compile(model), None
+    except Exception as err:  # no compiler toolchain, unsupported platform or model
+        return model, err
+
+
 def compile_or_eager(model: nn.Module, log: Callable[[dict[str, Any]], None]) -> nn.Module:
     """torch.compile when it works here; the eager model (and a logged reason) when it does not."""
-    try:
-        return torch.compile(model)
-    except Exception as err:  # no compiler toolchain, unsupported platform or model
-        _compile_failed(err, log)
-        return model
+    step_model, error = try_compile(model)
+    if error is not None:
+        _compile_failed(error, log)
+    return step_model
 
 
 def _compile_failed(err: Exception, log: Callable[[dict[str, Any]], None]) -> None:
@@ -218,154 +225,133 @@ def train(
         step_model = DistributedDataParallel(
             step_model, find_unused_parameters=getattr(model, "nsp_head", None) is not None
         )
+    main = ranks.is_main
     upcoming = Prefetcher(batches, total_steps - first_step, pin=device.type == "cuda")
-    try:
-        return _loop(
-            model, step_model, optimizer, upcoming, config, first_step, total_steps, warmup_steps, tokens_seen,
-            sequences_seen, recent_losses, max_rows, device, log, evaluate, progress, guards,
-        )  # fmt: skip
+    restored_tokens = tokens_seen
+    try:  # the prefetch thread stops however training ends
+        window_tokens, window_start = 0, time.perf_counter()
+        start = time.perf_counter()
+        # a live bar on a terminal; in a log file, a plain line every PLAIN_PROGRESS_S seconds instead
+        live = progress and sys.stderr.isatty() and main
+        bar = tqdm(total=total_steps, initial=first_step, disable=not live, file=sys.stderr, leave=False,
+                   dynamic_ncols=True)  # fmt: skip
+        last_plain = start
+        grad_norm = 0.0
+
+        for step in range(first_step, total_steps):
+            lr = lr_at(step, total_steps, warmup_steps, config.lr, config.schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            host_batches = upcoming.next_step()
+            # normalise by the whole step's counts so accumulation equals one large batch exactly (counted
+            # on the host copies: counting on the device would wait for it)
+            step_masked = sum(mb.masked_tokens for mb in host_batches)
+            step_pairs = sum(int((mb.nsp_labels >= 0).sum()) for mb in host_batches)
+            step_tokens = sum(mb.real_tokens for mb in host_batches)
+            while True:
+                try:
+                    mlm_total, nsp_total, step_model = _accumulate(
+                        step_model, model, host_batches, max_rows, step_masked, step_pairs, device, config, ranks, log
+                    )
+                    break
+                except Exception as err:
+                    if not is_out_of_memory(err) or ranks.enabled:
+                        raise
+                    optimizer.zero_grad(set_to_none=True)
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    widest = max(mb.rows for mb in host_batches)
+                    max_rows = min(max_rows, widest) // 2
+                    if max_rows < guards.min_micro_batch:
+                        raise
+                    # accumulation is normalised by the whole step, so smaller micro-batches give the same step
+                    log({"event": "out_of_memory", "step": step + 1, "micro_batch_rows": max_rows})
+                    print(f"  out of memory at step {step + 1}: micro-batches of {max_rows} rows, more accumulation",
+                          file=sys.stderr, flush=True)  # fmt: skip
+            tokens_seen += step_tokens
+            window_tokens += step_tokens
+            sequences_seen += sum(mb.rows for mb in host_batches)
+            grad_norm = (
+                float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm))
+                if config.clip_norm > 0
+                else float(torch.norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])))
+            )
+            mlm_loss = float(mlm_total) / max(1, step_masked)
+            if not math.isfinite(mlm_loss) or not math.isfinite(grad_norm):
+                raise Diverged(f"loss {mlm_loss}, grad norm {grad_norm}", step + 1, step, lr, grad_norm)
+            if guards.spike_factor > 0 and step >= warmup_steps and len(recent_losses) >= 10:
+                typical = statistics.median(recent_losses[-SPIKE_WINDOW:])
+                if mlm_loss > guards.spike_factor * typical:
+                    raise Diverged(f"loss spike {mlm_loss:.3f} > {guards.spike_factor} x median {typical:.3f}",
+                                   step + 1, step, lr, grad_norm)  # fmt: skip
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            recent_losses.append(mlm_loss)
+            if main and ((step + 1) % config.log_every == 0 or step + 1 == total_steps):
+                now = time.perf_counter()
+                record = {
+                    "step": step + 1,
+                    "tokens": tokens_seen,
+                    "train_loss": round(mlm_loss, 5),
+                    "lr": lr,
+                    "grad_norm": round(grad_norm, 4),
+                    "tokens_per_s": round(window_tokens / max(now - window_start, 1e-9), 1),
+                }
+                if step_pairs:
+                    record["nsp_loss"] = round(float(nsp_total) / step_pairs, 5)
+                log(record)
+                bar.set_postfix(
+                    loss=f"{mlm_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False
+                )
+                if progress and not live and now - last_plain >= PLAIN_PROGRESS_S:
+                    speed = record["tokens_per_s"]
+                    line = f"  step {step + 1}/{total_steps} loss {mlm_loss:.3f} lr {lr:.2e} {speed:.0f} tok/s"
+                    print(line, file=sys.stderr, flush=True)
+                    last_plain = now
+                window_tokens, window_start = 0, now
+            if (
+                evaluate is not None
+                and config.eval_every
+                and (step + 1) % config.eval_every == 0
+                and step + 1 < total_steps
+            ):
+                if main:
+                    model.eval()
+                    log({"step": step + 1, "tokens": tokens_seen, **evaluate()})
+                    model.train()
+                ranks.barrier()
+            if guards.checkpointer is not None and guards.checkpointer.due(step + 1, total_steps):
+                rng_by_rank = None
+                if ranks.enabled:  # each rank draws its own dropout masks: keep every rank's generator
+                    from harness.checkpoint import rng_state
+
+                    rng_by_rank = [None] * ranks.world
+                    torch.distributed.all_gather_object(rng_by_rank, rng_state())
+                if main:
+                    state = {
+                        "step": step + 1,
+                        "tokens_seen": tokens_seen,
+                        "sequences_seen": sequences_seen,
+                        "recent_losses": recent_losses,
+                        "max_rows": max_rows,
+                        "data": upcoming.position,
+                    }
+                    guards.checkpointer.save(step + 1, model, optimizer, state, rng_by_rank)
+                ranks.barrier()
+            bar.update(1)
+        bar.close()
+        tail = recent_losses[-max(1, total_steps // 10) :]
+        return TrainResult(
+            steps=total_steps,
+            tokens_seen=tokens_seen,
+            sequences_seen=sequences_seen,
+            train_loss=sum(tail) / len(tail) if tail else math.nan,
+            wall_s=time.perf_counter() - start,
+            tokens_this_attempt=tokens_seen - restored_tokens,
+            resumed_from_step=first_step,
+        )
     finally:
         upcoming.close()
-
-
-def _loop(
-    model: nn.Module,
-    step_model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    upcoming: Prefetcher,
-    config: TrainConfig,
-    first_step: int,
-    total_steps: int,
-    warmup_steps: int,
-    tokens_seen: int,
-    sequences_seen: int,
-    recent_losses: list[float],
-    max_rows: int,
-    device: torch.device,
-    log: Callable[[dict[str, Any]], None],
-    evaluate: Callable[[], dict[str, float]] | None,
-    progress: bool,
-    guards: RunGuards,
-) -> TrainResult:
-    """The optimizer steps of train(), from `first_step` (0, or a checkpoint's step) to the end."""
-    ranks = guards.distributed
-    main = ranks.is_main
-    restored_tokens = tokens_seen
-    window_tokens, window_start = 0, time.perf_counter()
-    start = time.perf_counter()
-    # a live bar on a terminal; in a log file, a plain line every PLAIN_PROGRESS_S seconds instead
-    live = progress and sys.stderr.isatty() and main
-    bar = tqdm(total=total_steps, initial=first_step, disable=not live, file=sys.stderr, leave=False,
-               dynamic_ncols=True)  # fmt: skip
-    last_plain = start
-    grad_norm = 0.0
-
-    for step in range(first_step, total_steps):
-        lr = lr_at(step, total_steps, warmup_steps, config.lr, config.schedule)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        host_batches = upcoming.next_step()
-        # normalise by the whole step's counts so accumulation equals one large batch exactly (counted
-        # on the host copies: counting on the device would wait for it)
-        step_masked = sum(mb.masked_tokens for mb in host_batches)
-        step_pairs = sum(int((mb.nsp_labels >= 0).sum()) for mb in host_batches)
-        step_tokens = sum(mb.real_tokens for mb in host_batches)
-        while True:
-            try:
-                mlm_total, nsp_total, step_model = _accumulate(
-                    step_model, model, host_batches, max_rows, step_masked, step_pairs, device, config, ranks, log
-                )
-                break
-            except Exception as err:
-                if not is_out_of_memory(err) or ranks.enabled:
-                    raise
-                optimizer.zero_grad(set_to_none=True)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                widest = max(mb.rows for mb in host_batches)
-                max_rows = min(max_rows, widest) // 2
-                if max_rows < guards.min_micro_batch:
-                    raise
-                # accumulation is normalised by the whole step, so smaller micro-batches give the same step
-                log({"event": "out_of_memory", "step": step + 1, "micro_batch_rows": max_rows})
-                print(f"  out of memory at step {step + 1}: micro-batches of {max_rows} rows, more accumulation",
-                      file=sys.stderr, flush=True)  # fmt: skip
-        tokens_seen += step_tokens
-        window_tokens += step_tokens
-        sequences_seen += sum(mb.rows for mb in host_batches)
-        grad_norm = (
-            float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm))
-            if config.clip_norm > 0
-            else float(torch.norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])))
-        )
-        mlm_loss = float(mlm_total) / max(1, step_masked)
-        if not math.isfinite(mlm_loss) or not math.isfinite(grad_norm):
-            raise Diverged(f"loss {mlm_loss}, grad norm {grad_norm}", step + 1, step, lr, grad_norm)
-        if guards.spike_factor > 0 and step >= warmup_steps and len(recent_losses) >= 10:
-            typical = statistics.median(recent_losses[-SPIKE_WINDOW:])
-            if mlm_loss > guards.spike_factor * typical:
-                raise Diverged(f"loss spike {mlm_loss:.3f} > {guards.spike_factor} x median {typical:.3f}",
-                               step + 1, step, lr, grad_norm)  # fmt: skip
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        recent_losses.append(mlm_loss)
-        if main and ((step + 1) % config.log_every == 0 or step + 1 == total_steps):
-            now = time.perf_counter()
-            record = {
-                "step": step + 1,
-                "tokens": tokens_seen,
-                "train_loss": round(mlm_loss, 5),
-                "lr": lr,
-                "grad_norm": round(grad_norm, 4),
-                "tokens_per_s": round(window_tokens / max(now - window_start, 1e-9), 1),
-            }
-            if step_pairs:
-                record["nsp_loss"] = round(float(nsp_total) / step_pairs, 5)
-            log(record)
-            bar.set_postfix(
-                loss=f"{mlm_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False
-            )
-            if progress and not live and now - last_plain >= PLAIN_PROGRESS_S:
-                speed = record["tokens_per_s"]
-                line = f"  step {step + 1}/{total_steps} loss {mlm_loss:.3f} lr {lr:.2e} {speed:.0f} tok/s"
-                print(line, file=sys.stderr, flush=True)
-                last_plain = now
-            window_tokens, window_start = 0, now
-        if (
-            evaluate is not None
-            and config.eval_every
-            and (step + 1) % config.eval_every == 0
-            and step + 1 < total_steps
-        ):
-            if main:
-                model.eval()
-                log({"step": step + 1, "tokens": tokens_seen, **evaluate()})
-                model.train()
-            ranks.barrier()
-        if guards.checkpointer is not None and guards.checkpointer.due(step + 1, total_steps):
-            rng_by_rank = None
-            if ranks.enabled:  # each rank draws its own dropout masks: keep every rank's generator
-                from harness.checkpoint import rng_state
-
-                rng_by_rank = [None] * ranks.world
-                torch.distributed.all_gather_object(rng_by_rank, rng_state())
-            if main:
-                state = {"step": step + 1, "tokens_seen": tokens_seen, "sequences_seen": sequences_seen,
-                         "recent_losses": recent_losses, "max_rows": max_rows, "data": upcoming.position}  # fmt: skip
-                guards.checkpointer.save(step + 1, model, optimizer, state, rng_by_rank)
-            ranks.barrier()
-        bar.update(1)
-    bar.close()
-    tail = recent_losses[-max(1, total_steps // 10) :]
-    return TrainResult(
-        steps=total_steps,
-        tokens_seen=tokens_seen,
-        sequences_seen=sequences_seen,
-        train_loss=sum(tail) / len(tail) if tail else math.nan,
-        wall_s=time.perf_counter() - start,
-        tokens_this_attempt=tokens_seen - restored_tokens,
-        resumed_from_step=first_step,
-    )
 
 
 def _accumulate(
