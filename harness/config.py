@@ -126,6 +126,11 @@ class HubCorpus(Schema):
     config: str | None = Field(None, description="Dataset config name, e.g. 'wikitext-103-raw-v1'.")
     split: str = Field("train", description="Split to read.")
     text_field: str = Field("text", description="Column holding the text.")
+    text_layout: Literal["wikitext"] | None = Field(
+        None,
+        description="unset: one row per document; wikitext: rows are WikiText raw lines, and a ' = Title = ' "
+        "row starts an article (Salesforce/wikitext).",
+    )
     max_documents: int | None = Field(None, ge=1, description="Read at most this many documents.")
 
 
@@ -282,6 +287,14 @@ class FinetuneOverride(Schema):
     max_eval_examples: int | None = Field(None, ge=1, description="Cap on dev examples.")
 
 
+class TaskFiles(Schema):
+    train: str = Field(
+        description="Training examples: GLUE-style .tsv, .jsonl (one object per line) or .json (a list of "
+        "objects, or an object of them keyed by id)."
+    )
+    dev: str = Field(description="Scored examples, in any of the same formats.")
+
+
 class EvalConfig(Schema):
     heldout_sequences: int = Field(256, ge=1, description="Held-out packed sequences scored for perplexity.")
     mask_seed: int = Field(12345, description="Seed of the fixed held-out mask (shared by every arm).")
@@ -303,18 +316,28 @@ class EvalConfig(Schema):
     task_overrides: dict[str, FinetuneOverride] = Field(
         default_factory=dict, description="Task name -> changes to the shared fine-tuning protocol for that task."
     )
+    task_files: dict[str, TaskFiles] | None = Field(
+        None,
+        description="Task name -> its own train and dev files, for data not in GLUE's layout (e.g. MNLI as JSONL); "
+        "takes precedence over glue_dir and the hub for that task.",
+    )
 
     @model_validator(mode="after")
     def _known_tasks_with_files(self) -> EvalConfig:
         from harness.tasks import TASKS
 
-        for name in [*self.tasks, *self.task_overrides, *self.dev_splits]:
+        task_files = self.task_files or {}
+        for name in [*self.tasks, *self.task_overrides, *self.dev_splits, *task_files]:
             if name not in TASKS:
                 raise ValueError(f"unknown task {name!r} (expected one of: {', '.join(TASKS)})")
+        for name, files in task_files.items():
+            for path in (files.train, files.dev):
+                if not Path(path).is_file():
+                    raise ValueError(f"task {name}: {path} not found (eval.task_files.{name})")
         if self.glue_dir is not None:
             for name in self.tasks:
                 spec = TASKS[name]
-                if spec.glue_dir is None:
+                if spec.glue_dir is None or name in task_files:
                     continue
                 for split in (spec.train_split, self.dev_splits.get(name, spec.dev_split)):
                     path = Path(self.glue_dir) / spec.glue_dir / f"{split}.tsv"
@@ -378,29 +401,32 @@ class RunConfig(Schema):
             holder = dump
             for part in parents:
                 holder = holder[part]
-            if holder.get(leaf) is None:
+            if leaf in holder and holder[leaf] is None:
                 del holder[leaf]
         canonical = json.dumps(dump, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
 # every field added to RunConfig from now on belongs here, with None meaning "as before it existed"
-ADDED_LATER = ("model.init_from", "data.tokenizer.file")
+ADDED_LATER = ("model.init_from", "data.tokenizer.file", "data.corpus.text_layout", "eval.task_files")
 
 
 PRETRAINING_METRICS = ("heldout_loss", "heldout_ppl", "heldout_acc", "train_loss")
+# facts about a run's model and text encoding, reported beside its scores (text-encoding ablations)
+RUN_FACTS = ("parameters", "heldout_unk_rate")
 
 
 def lower_is_better(metric: str) -> bool:
-    """Losses and perplexities fall as a model improves; every other metric rises."""
-    return metric.endswith(("loss", "ppl"))
+    """Losses, perplexities, unknown-token rates and model size fall as a setting improves; every
+    other metric rises."""
+    return metric.endswith(("loss", "ppl", "unk_rate", "parameters"))
 
 
 def metric_names() -> list[str]:
     """Every metric a run can report: pretraining ones, then `<task>.<metric>` for every task."""
     from harness.tasks import TASKS
 
-    return [*PRETRAINING_METRICS, *(f"{t}.{m}" for t, spec in TASKS.items() for m in spec.metrics)]
+    return [*PRETRAINING_METRICS, *RUN_FACTS, *(f"{t}.{m}" for t, spec in TASKS.items() for m in spec.metrics)]
 
 
 # ------------------------------------------------------------------------------ dict utilities

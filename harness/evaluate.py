@@ -168,9 +168,10 @@ def finetune_task(
 def task_data_for(config: RunConfig, name: str) -> TaskData:
     """The task's data as the run's eval config asks: source, caps and dev split."""
     protocol = config.eval.finetune_for(name)
+    files = (config.eval.task_files or {}).get(name)
     return load_task(
         name, config.eval.glue_dir, getattr(config.data.corpus, "seed", 0), protocol.max_train_examples,
-        protocol.max_eval_examples, config.eval.dev_splits.get(name),
+        protocol.max_eval_examples, config.eval.dev_splits.get(name), (files.train, files.dev) if files else None,
     )  # fmt: skip
 
 

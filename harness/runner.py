@@ -24,7 +24,7 @@ from harness.config import RunConfig
 from harness.data.batches import PretrainingBatches
 from harness.data.cache import StageCache
 from harness.data.pipeline import PreparedData, prepare_data
-from harness.data.tokenizer import SpecialTokens, special_tokens
+from harness.data.tokenizer import SpecialTokens, special_tokens, unknown_token_rate
 from harness.distributed import NOT_DISTRIBUTED, Distributed
 from harness.evaluate import evaluate_downstream, fixed_mask_batches, flat_downstream_metrics, heldout_mlm
 from harness.model import PretrainingModel, plain_state_dict
@@ -228,7 +228,12 @@ def execute_run(
         save_file(plain_state_dict(model), str(checkpoint / "model.safetensors"))
         data.tokenizer.save(str(checkpoint / "tokenizer.json"))
 
-        metrics = {"train_loss": result.train_loss, **heldout}
+        metrics = {
+            "train_loss": result.train_loss,
+            **heldout,
+            "parameters": float(sum(p.numel() for p in model.parameters())),  # tied weights counted once
+            "heldout_unk_rate": unknown_token_rate(data.heldout.tokens, data.specials),
+        }
         metrics.update(flat_downstream_metrics(downstream))
         summary = {
             **header,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +127,7 @@ class Variant(Schema):
     description: str = Field("", description="What this variant is for.")
     base: dict[str, Any] = Field(default_factory=dict, description="Partial override of the suite's base.")
     arms: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Arm name -> partial override.")
+    seeds: list[int] | None = Field(None, min_length=1, description="Pretraining seeds instead of the suite's.")
 
 
 class SuiteSpec(Schema):
@@ -152,6 +154,11 @@ class SuiteSpec(Schema):
         description="Overrides for running from local files instead of hub names, applied when --set local=DIR "
         "or the HARNESS_LOCAL_DATA environment variable gives the data directory; '{local}' in any string "
         "is replaced by it.",
+    )
+    local_default: str | None = Field(
+        None,
+        description="Data directory (relative to the working directory) for the local variant when neither "
+        "--set local nor HARNESS_LOCAL_DATA names one, it exists, and the Hugging Face hub cannot be reached.",
     )
 
     def comparison_list(self, baseline: str | None = None) -> list[ComparisonSpec]:
@@ -326,10 +333,33 @@ def _substitute(tree: Any, local_dir: str) -> Any:
     return tree.replace("{local}", local_dir) if isinstance(tree, str) else tree
 
 
+def _local_dir(spec: SuiteSpec, chosen: str | None) -> str | None:
+    """The local data directory: the one chosen, else the environment's, else the suite's default
+    when the hub is out of reach (checked only then, so a suite without a default never waits on it)."""
+    local_dir = chosen or os.environ.get(LOCAL_DATA_ENV)
+    if local_dir is not None or spec.local is None or spec.local_default is None:
+        return local_dir
+    if not Path(spec.local_default).is_dir():
+        return None
+    from harness.data.sources import hub_reachable
+
+    if hub_reachable():
+        return None
+    print(
+        f"{spec.name}: the Hugging Face hub is out of reach; using the local data in {spec.local_default} "
+        f"(--set local=DIR or {LOCAL_DATA_ENV} chooses another)",
+        file=sys.stderr,
+    )
+    return spec.local_default
+
+
 def _apply_variants(spec: SuiteSpec, source: str, scale: str | None, local_dir: str | None) -> SuiteSpec:
     """Fold the chosen scale and, with a local data directory, the local overrides into base and arms.
     A scaled suite is its own suite: `<name>.<scale>`, so scales never mix in one results directory."""
     variants: list[tuple[str, Variant]] = []
+    # local first: it swaps the data source, and a scale then sizes whichever source is in use
+    if local_dir is not None and spec.local is not None:
+        variants.append(("local", Variant.model_validate(_substitute(spec.local.model_dump(), local_dir))))
     if spec.scales:
         scale = scale or spec.default_scale
         if scale is None:
@@ -339,10 +369,9 @@ def _apply_variants(spec: SuiteSpec, source: str, scale: str | None, local_dir: 
         variants.append((f"scales.{scale}", spec.scales[scale]))
     elif scale is not None:
         raise ConfigError("--set", "scale", "this suite declares no scales")
-    if local_dir is not None and spec.local is not None:
-        variants.append(("local", Variant.model_validate(_substitute(spec.local.model_dump(), local_dir))))
-    base, arms = spec.base, dict(spec.arms)
+    base, arms, seeds = spec.base, dict(spec.arms), spec.seeds
     for where, variant in variants:
+        seeds = variant.seeds or seeds
         _check_override_keys(variant.base, source, f"{where}.base")
         base = deep_merge(base, variant.base)
         for arm, override in variant.arms.items():
@@ -351,7 +380,7 @@ def _apply_variants(spec: SuiteSpec, source: str, scale: str | None, local_dir: 
             _check_override_keys(override, source, f"{where}.arms.{arm}")
             arms[arm] = deep_merge(arms[arm] or {}, override)
     name = f"{spec.name}.{scale}" if spec.scales else spec.name
-    return spec.model_copy(update={"name": name, "base": base, "arms": arms})
+    return spec.model_copy(update={"name": name, "base": base, "arms": arms, "seeds": seeds})
 
 
 def load_suite(path: str | Path, overrides: list[str] = (), arms: list[str] | None = None) -> Suite:
@@ -378,10 +407,10 @@ def load_suite(path: str | Path, overrides: list[str] = (), arms: list[str] | No
             message += f" (expected one of: {', '.join(SuiteSpec.model_fields)})"
         raise ConfigError(source, key, message) from None
 
+    overrides, chosen = _pop_variant_choices(list(overrides))
+    spec = _apply_variants(spec, source, chosen.get("scale"), _local_dir(spec, chosen.get("local")))
     if len(set(spec.seeds)) != len(spec.seeds):
         raise ConfigError(source, "seeds", f"seeds must be distinct, got {spec.seeds}")
-    overrides, chosen = _pop_variant_choices(list(overrides))
-    spec = _apply_variants(spec, source, chosen.get("scale"), chosen.get("local") or os.environ.get(LOCAL_DATA_ENV))
     _check_override_keys(spec.base, source, "base")
     cli_override: dict[str, Any] = {}
     for assignment in overrides:

@@ -7,6 +7,7 @@ Metrics are scikit-learn's and SciPy's, never hand-written.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 from collections.abc import Callable
@@ -160,6 +161,58 @@ def _labels_to_array(raw: list[str], spec: TaskSpec, where: str) -> np.ndarray:
     return np.asarray([index[x] for x in raw], dtype=np.int64)
 
 
+# field names that hold a pair's two texts and its label in common JSON releases of these tasks
+_JSON_TEXT_A = ("sentence1", "premise", "text_a", "question", "sentence")
+_JSON_TEXT_B = ("sentence2", "hypothesis", "text_b", "sentence")
+_JSON_LABEL = ("label", "gold_label")
+
+
+def _read_json_rows(path: Path, spec: TaskSpec) -> tuple[list[str], list[str] | None, list[str]]:
+    try:
+        if path.suffix == ".jsonl":
+            lines = path.read_text(encoding="utf-8").splitlines()
+            rows = [json.loads(line) for line in lines if line.strip()]
+        else:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+            rows = list(loaded.values()) if isinstance(loaded, dict) else loaded
+    except (OSError, ValueError) as err:
+        raise TaskDataError(f"{spec.name}: cannot read {path}: {err}") from None
+    if not rows or not all(isinstance(row, dict) for row in rows):
+        raise TaskDataError(f"{spec.name}: {path} holds no rows of named fields")
+
+    def field(candidates: tuple[str, ...], exclude: str | None = None) -> str | None:
+        return next((c for c in candidates if c in rows[0] and c != exclude), None)
+
+    a_key = field(_JSON_TEXT_A)
+    b_key = field(_JSON_TEXT_B, exclude=a_key) if spec.is_pair else None
+    label_key = field(_JSON_LABEL)
+    if a_key is None or label_key is None or (spec.is_pair and b_key is None):
+        raise TaskDataError(f"{spec.name}: {path}: no text or label field among {sorted(rows[0])}")
+    try:
+        a = [str(row[a_key]) for row in rows]
+        b = [str(row[b_key]) for row in rows] if b_key else None
+        labels = [str(row[label_key]) for row in rows]
+    except KeyError as err:
+        raise TaskDataError(f"{spec.name}: {path}: a row has no field {err}") from None
+    return a, b, labels
+
+
+def load_task_files(spec: TaskSpec, train: str, dev: str) -> TaskData:
+    """A task from its own two files: GLUE-style TSV, JSONL or JSON, chosen by suffix."""
+    splits = []
+    for name in (train, dev):
+        path = Path(name)
+        if path.suffix == ".tsv":
+            a, b, labels = _read_glue_tsv(path, spec)
+        elif path.suffix in (".jsonl", ".json"):
+            a, b, labels = _read_json_rows(path, spec)
+        else:
+            raise TaskDataError(f"{spec.name}: {path}: expected a .tsv, .jsonl or .json file")
+        splits.append((a, b, _labels_to_array(labels, spec, str(path))))
+    (ta, tb, tl), (da, db, dl) = splits
+    return TaskData(ta, tb, tl, da, db, dl)
+
+
 def load_glue_task(spec: TaskSpec, glue_dir: str | None, dev_split: str | None = None) -> TaskData:
     """From `glue_dir` (GLUE's TSV layout) when given, else from the hub; `dev_split` replaces the
     task's default dev split (a file stem locally, a split name on the hub)."""
@@ -243,13 +296,18 @@ def load_task(
     train_cap: int | None,
     dev_cap: int | None,
     dev_split: str | None = None,
+    files: tuple[str, str] | None = None,
 ) -> TaskData:
+    """`files` (train, dev) take precedence over `glue_dir` and the hub."""
     spec = TASKS[name]
     if name == "synthetic-topic":
         return synthetic_topic_task(synthetic_seed, train_cap or 2000, dev_cap or 500)
     if name == "synthetic-pair":
         return synthetic_pair_task(synthetic_seed, train_cap or 2000, dev_cap or 500)
-    data = load_glue_task(spec, glue_dir, dev_split)
+    if files is not None:
+        data = load_task_files(spec, *files)
+    else:
+        data = load_glue_task(spec, glue_dir, dev_split)
     return cap(data, train_cap, dev_cap, seed=0)
 
 

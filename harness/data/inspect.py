@@ -13,7 +13,7 @@ from harness.data.batches import PretrainingBatches
 from harness.data.formats import IS_NEXT, NO_PAIR
 from harness.data.masking import IGNORE, mask_sequence
 from harness.data.pipeline import PreparedData
-from harness.data.tokenizer import TokenizedCorpus
+from harness.data.tokenizer import TokenizedCorpus, unknown_token_rate
 
 
 def _lengths(values: np.ndarray) -> dict[str, float]:
@@ -73,7 +73,6 @@ def data_statistics(
 
     pairs = sequences.nsp_labels != NO_PAIR
     corpus = TokenizedCorpus.load(data.stage_dirs["token_ids"] / "train")
-    unknown = int(np.count_nonzero(np.asarray(corpus.tokens) == specials.unk))
     sentence_stats = data.stats("sentences").get("train", {})
     example_index = int(picked[0])
     _, types, nsp = sequences[example_index]
@@ -111,7 +110,7 @@ def data_statistics(
             "sample_sequences": len(picked),
         },
         "distinct_masks_per_sequence": {"epochs": epochs, "mean": float(np.mean(distinct)), "min": min(distinct)},
-        "unknown_token_rate": round(unknown / max(1, len(corpus.tokens)), 6),
+        "unknown_token_rate": round(unknown_token_rate(corpus.tokens, specials), 6),
         "example": {
             "nsp_label": nsp,
             "segment_ids": "".join(str(t) for t in types.tolist()),

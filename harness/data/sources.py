@@ -5,6 +5,7 @@ Every reader yields documents one at a time, so a corpus far larger than memory 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterator
@@ -58,14 +59,20 @@ WIKITEXT_HEADING = re.compile(r"^ (= ){2,}.*( =){2,} $")  # ' = = Section = = ',
 
 
 def _wikitext_documents(lines: Iterator[str]) -> Iterator[str]:
-    """WikiText raw: a line ' = Title = ' between two ' ' lines starts an article; section headings
-    (' = = Section = = ') and blank lines are dropped; every other line is a paragraph. The
-    neighbour check matters: two equation lines in WikiText-2 test match the pattern alone."""
+    """WikiText raw: a line ' = Title = ' between two blank lines (' ' in the files, '' on the hub)
+    starts an article; section headings (' = = Section = = ') and blank lines are dropped; every
+    other line is a paragraph. The neighbour check matters: two equation lines in WikiText-2 test
+    match the pattern alone."""
     previous, current = None, None
     paragraphs: list[str] = []
     for following in _with_sentinel(lines):
         if current is not None:
-            is_title = bool(WIKITEXT_TITLE.match(current)) and previous == " " and following in (" ", None)
+            is_title = (
+                bool(WIKITEXT_TITLE.match(current))
+                and previous is not None
+                and not previous.strip()
+                and (following is None or not following.strip())
+            )
             if is_title:
                 if paragraphs:
                     yield "\n".join(paragraphs)
@@ -154,5 +161,23 @@ def _read_hub(corpus: HubCorpus) -> Iterator[str]:
         ) from None
     if corpus.text_field not in table.column_names:
         raise DataSourceError(f"hub:{corpus.name}: no column {corpus.text_field!r} (have: {table.column_names})")
-    for row in table.select_columns([corpus.text_field]):
-        yield str(row[corpus.text_field] or "")
+    rows = (str(row[corpus.text_field] or "") for row in table.select_columns([corpus.text_field]))
+    if corpus.text_layout == "wikitext":
+        yield from _wikitext_documents(row.rstrip("\n") for row in rows)
+    else:
+        yield from rows
+
+
+@functools.cache
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be reached now: false at once in offline mode, else a TCP
+    connect; a suite uses it to fall back to local data before any download is tried."""
+    if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE"):
+        return False
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True

@@ -32,6 +32,15 @@ class SpecialTokens:
         return (self.cls, self.sep, self.pad, self.mask, self.unk)
 
 
+def unknown_token_rate(tokens: np.ndarray, specials: SpecialTokens) -> float:
+    """Share of text tokens that are the unknown token; the other specials (CLS, SEP, pad, mask) are
+    structure, not text, and are left out of the count."""
+    tokens = np.asarray(tokens)
+    structure = np.isin(tokens, [specials.cls, specials.sep, specials.pad, specials.mask])
+    text_tokens = int(tokens.size - np.count_nonzero(structure))
+    return int(np.count_nonzero(tokens == specials.unk)) / max(1, text_tokens)
+
+
 ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
