@@ -282,6 +282,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    from harness.index import IndexFileError, write_index
+
+    try:
+        write_index([Path(r) for r in args.reports], Path(args.out))
+    except IndexFileError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(args.reports)} report(s) -> {args.out}")
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite, overrides=args.set or [])
     search = suite.spec.search
@@ -563,6 +575,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--results", default=DEFAULT_OUT, help="results root for suite files (default: results)")
     report.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="the overrides the suite ran with")
     report.set_defaults(func=cmd_report)
+
+    index = sub.add_parser("index", help="every comparison of several reports in one Markdown table, by scale")
+    index.add_argument("reports", nargs="+", help="report directories, e.g. reports/*.tiny reports/*.small")
+    index.add_argument(
+        "--out", required=True, help="Markdown file whose marked comparisons block is rewritten (created if absent)"
+    )
+    index.set_defaults(func=cmd_index)
 
     ls = sub.add_parser("ls", help="list runs with their status and headline metric")
     ls.add_argument("dir", nargs="?", default=DEFAULT_OUT, help="results root or one suite's directory")

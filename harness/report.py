@@ -234,7 +234,7 @@ def paper_side_by_side(results: Results, comparisons: list[Comparison], summary:
         body = []
         for row_id, arm in rows.items():
             row = table.rows[row_id]
-            body.append([row.label, "paper", *[_fmt(row.values.get(c)) for c in table.columns]])
+            body.append([row.label, "paper", *[fmt_num(row.values.get(c)) for c in table.columns]])
             cells = []
             for column in table.columns.values():
                 if column.ours is None:
@@ -245,7 +245,7 @@ def paper_side_by_side(results: Results, comparisons: list[Comparison], summary:
                     continue
                 found = summary.query("arm == @arm and metric == @column.ours")
                 value = found["mean"].iloc[0] * column.scale if len(found) and found["n"].iloc[0] else math.nan
-                cells.append(_fmt(value) if not math.isnan(value) else "not run")
+                cells.append(fmt_num(value) if not math.isnan(value) else "not run")
             body.append([f"arm {arm}", "ours (mean)", *cells])
         out.append({"id": table_id, "paper": paper, "title": table.title, "caption": table.caption,
                     "header": header, "rows": body})  # fmt: skip
@@ -579,7 +579,7 @@ def _inline(text: str) -> str:
     return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", escaped)
 
 
-def _fmt(value: Any, signed: bool = False) -> str:
+def fmt_num(value: Any, signed: bool = False) -> str:
     if _missing(value):
         return "–"
     value = float(value)
@@ -589,11 +589,11 @@ def _fmt(value: Any, signed: bool = False) -> str:
 
 def _p_clause(value: float) -> str:
     """`= 0.118` or `< 0.001`, to follow a "p"."""
-    text = _p(value)
+    text = fmt_p(value)
     return text if text.startswith("<") else f"= {text}"
 
 
-def _p(value: float) -> str:
+def fmt_p(value: float) -> str:
     if math.isnan(value):
         return "–"
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
@@ -620,11 +620,12 @@ def _metric_sentence(row: pd.Series) -> str:
         return f"{metric}: no finished runs on one side"
     relative = f" ({row['relative']:+.1%})" if not math.isnan(row["relative"]) else ""
     if math.isnan(row["ci_low"]):
-        return f"{metric} {_fmt(row['diff'], True)}{relative}, too few seeds for an interval: undecided"
+        return f"{metric} {fmt_num(row['diff'], True)}{relative}, too few seeds for an interval: undecided"
     verdict_text = f"**{row['our_direction']}**" if row["significant"] else row["our_direction"]
     return (
-        f"{metric} ({_better(metric)} is better) {_fmt(row['diff'], True)}{relative}, CI [{_fmt(row['ci_low'], True)}, "
-        f"{_fmt(row['ci_high'], True)}], p {_p_clause(row['p_value'])}: {verdict_text}"
+        f"{metric} ({_better(metric)} is better) {fmt_num(row['diff'], True)}{relative}, "
+        f"CI [{fmt_num(row['ci_low'], True)}, {fmt_num(row['ci_high'], True)}], p {_p_clause(row['p_value'])}: "
+        f"{verdict_text}"
     )
 
 
@@ -752,8 +753,8 @@ def _document(
             ["comparison", "metric", "difference", f"{CI_LEVEL:.0%} CI", "p", "seeds", "ours", "paper"],
             [
                 [
-                    r["comparison"], r["metric"], _fmt(r["diff"], True),
-                    f"[{_fmt(r['ci_low'], True)}, {_fmt(r['ci_high'], True)}]", _p(r["p_value"]),
+                    r["comparison"], r["metric"], fmt_num(r["diff"], True),
+                    f"[{fmt_num(r['ci_low'], True)}, {fmt_num(r['ci_high'], True)}]", fmt_p(r["p_value"]),
                     f"{r['n_pairs']} paired" if r["n_pairs"] else f"{r['n_arm']} vs {r['n_baseline']}",
                     r["our_direction"], r["paper_direction"] or "–",
                 ]
@@ -775,8 +776,8 @@ def _document(
     doc.table(
         ["arm", "metric", "n / runs", "mean", "std", "median", f"{CI_LEVEL:.0%} CI"],
         [
-            [r["arm"], r["metric"], f"{r['n']}/{r['runs']}", _fmt(r["mean"]), _fmt(r["std"]), _fmt(r["median"]),
-             f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if r["n"] > 1 else "–"]
+            [r["arm"], r["metric"], f"{r['n']}/{r['runs']}", fmt_num(r["mean"]), fmt_num(r["std"]),
+             fmt_num(r["median"]), f"[{fmt_num(r['ci_low'])}, {fmt_num(r['ci_high'])}]" if r["n"] > 1 else "–"]
             for _, r in summary.iterrows()
         ],
     )  # fmt: skip
@@ -818,7 +819,7 @@ def _document(
             doc.paragraph("Budget each arm actually consumed (mean over its finished runs):")
             doc.table(
                 ["arm", "tokens", "steps", "passes over the data", "wall time (s)"],
-                [[arm, f"{r['tokens']:,.0f}", f"{r['steps']:,.0f}", _fmt(r["epochs"]), _fmt(r["wall_s"])]
+                [[arm, f"{r['tokens']:,.0f}", f"{r['steps']:,.0f}", fmt_num(r["epochs"]), fmt_num(r["wall_s"])]
                  for arm, r in means.iterrows()],
             )  # fmt: skip
     not_done = runs[runs["state"] != "done"] if len(runs) else runs

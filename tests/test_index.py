@@ -1,0 +1,62 @@
+"""`harness index`: every comparison of several reports in one table, by scale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.cli import main
+from harness.index import BEGIN, END, split_scale
+
+COLUMNS = ["comparison", "arm", "baseline", "metric", "diff", "relative", "ci_low", "ci_high", "p_value", "test",
+           "n_arm", "n_baseline", "n_pairs", "ci_excludes_zero", "significant", "our_direction", "paper_direction",
+           "agrees_with_paper"]  # fmt: skip
+
+
+def write_report(directory: Path, diff: float, significant: bool, paper: str = "dynamic better (SST-2 +0.40)") -> Path:
+    directory.mkdir(parents=True)
+    verdict = "dynamic better" if significant else "no clear difference (CI includes 0)"
+    row = ["dynamic vs static", "dynamic", "static", "sst2.accuracy", diff, 0.01, diff - 0.01, diff + 0.01, 0.03,
+           "paired t", 3, 3, 3, True, significant, verdict, paper, "yes"]  # fmt: skip
+    pd.DataFrame([row], columns=COLUMNS).to_csv(directory / "comparisons.csv", index=False)
+    return directory
+
+
+def test_scales_become_columns_and_the_prose_around_the_block_stays(tmp_path: Path):
+    tiny = write_report(tmp_path / "masking.tiny", 0.012, significant=True)
+    small = write_report(tmp_path / "masking.small", -0.003, significant=False)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Results\n\nIntro.\n\n{BEGIN}\nold table\n{END}\n\nWhat reproduced: ...\n")
+    assert main(["index", str(tiny), str(small), "--out", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# Results\n\nIntro.\n\n") and text.endswith(f"{END}\n\nWhat reproduced: ...\n")
+    assert "old table" not in text
+    assert "| suite | comparison | metric | paper | ours, tiny | ours, small |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| masking |"))
+    assert "dynamic better (SST-2 +0.40)" in row
+    assert "+0.0120 [+0.0020, +0.0220], p 0.030: **dynamic better**" in row
+    assert "-0.0030 [-0.0130, +0.0070], p 0.030: no clear difference" in row
+
+
+def test_a_missing_scale_reads_not_run_and_bad_inputs_are_errors(tmp_path: Path, capsys):
+    tiny = write_report(tmp_path / "masking.tiny", 0.012, significant=True)
+    other = write_report(tmp_path / "batch.small", 0.5, significant=False, paper="")
+    out = tmp_path / "index.md"
+    assert main(["index", str(tiny), str(other), "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert next(line for line in lines if line.startswith("| masking |")).endswith("| not run |")
+    assert "| batch | dynamic vs static | sst2.accuracy | – | not run |" in out.read_text()
+    assert main(["index", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    assert "no comparisons.csv" in capsys.readouterr().err
+    unmarked = tmp_path / "plain.md"
+    unmarked.write_text("# no markers\n")
+    assert main(["index", str(tiny), "--out", str(unmarked)]) == 2
+    assert unmarked.read_text() == "# no markers\n"
+
+
+@pytest.mark.parametrize("name,expected", [("roberta-table1-masking.tiny", ("roberta-table1-masking", "tiny")),
+                                           ("quickstart", ("quickstart", "")), ("v1.2", ("v1.2", ""))])  # fmt: skip
+def test_split_scale(name, expected):
+    assert split_scale(name) == expected
