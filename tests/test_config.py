@@ -239,3 +239,69 @@ def test_local_data_overrides_apply_only_with_a_data_directory(write_suite, tmp_
     assert chosen.source == "files" and chosen.paths == [f"{tmp_path}/corpus.txt"]
     monkeypatch.setenv("HARNESS_LOCAL_DATA", str(tmp_path))
     assert load_suite(path).runs[0].config.data.corpus.paths == [f"{tmp_path}/corpus.txt"]
+
+
+def test_local_default_is_used_only_when_the_hub_is_out_of_reach(write_suite, tmp_path, monkeypatch, capsys):
+    import harness.data.sources as sources
+
+    (tmp_path / "corpus.txt").write_text("one document.\n\nanother one.\n")
+    suite = scaled_suite()
+    suite["local_default"] = str(tmp_path)
+    path = write_suite(suite)
+    monkeypatch.delenv("HARNESS_LOCAL_DATA", raising=False)
+    monkeypatch.setattr(sources, "hub_reachable", lambda: True)
+    assert load_suite(path).runs[0].config.data.corpus.source == "hub"
+    monkeypatch.setattr(sources, "hub_reachable", lambda: False)
+    assert load_suite(path).runs[0].config.data.corpus.paths == [f"{tmp_path}/corpus.txt"]
+    assert f"hub is out of reach; using the local data in {tmp_path}" in capsys.readouterr().err
+    suite["local_default"] = str(tmp_path / "absent")  # a default that is not there: stay on the hub
+    assert load_suite(write_suite(suite, "absent.yaml")).runs[0].config.data.corpus.source == "hub"
+
+
+def test_offline_mode_counts_as_out_of_reach(monkeypatch):
+    from harness.data.sources import hub_reachable
+
+    hub_reachable.cache_clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_reachable() is False
+    hub_reachable.cache_clear()
+
+
+def test_a_scale_sizes_the_local_source_and_may_set_its_own_seeds(write_suite, tmp_path):
+    (tmp_path / "corpus.txt").write_text("one document.\n\nanother one.\n")
+    suite = scaled_suite()
+    suite["scales"]["small"]["base"]["data"] = {"corpus": {"max_documents": 7}}
+    suite["scales"]["small"]["seeds"] = [5]
+    small = load_suite(write_suite(suite), overrides=["scale=small", f"local={tmp_path}"])
+    corpus = small.runs[0].config.data.corpus
+    assert corpus.source == "files" and corpus.max_documents == 7  # local swapped the source, the scale sized it
+    assert {r.seed for r in small.runs} == {5}
+    assert {r.seed for r in load_suite(write_suite(suite, "again.yaml")).runs} == set(suite["seeds"])
+
+
+SHIPPED = ["roberta-table1-masking", "roberta-table2-formats", "roberta-table3-batch", "text-encoding",
+           "roberta-vs-bert"]  # fmt: skip
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_ablation_suites_resolve_at_every_scale(name, monkeypatch):
+    import harness.data.sources as sources
+
+    monkeypatch.delenv("HARNESS_LOCAL_DATA", raising=False)
+    monkeypatch.setattr(sources, "hub_reachable", lambda: True)
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    path = Path("ablations") / f"{name}.yaml"
+    for scale in ("tiny", "small", "base"):
+        suite = load_suite(path, overrides=[f"scale={scale}"])
+        assert suite.name == f"{name}.{scale}" and len(suite.runs) >= 2 * len(suite.spec.seeds)
+        assert suite.runs[0].config.data.corpus.name == "Salesforce/wikitext"
+        assert suite.runs[0].config.data.corpus.text_layout == "wikitext"
+        assert all(r.config.model.preset == scale for r in suite.runs)
+        if scale == "tiny":
+            assert len(suite.spec.seeds) >= 3
+        if SHARED_DATA.is_dir():
+            local = load_suite(path, overrides=[f"scale={scale}", f"local={SHARED_DATA}"])
+            config = local.runs[0].config
+            assert config.data.corpus.source == "files" and config.eval.task_files["mnli"].dev.endswith(".jsonl")
+            assert {"sst2", "mnli", "rte", "mrpc"} <= set(config.eval.tasks)

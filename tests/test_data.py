@@ -19,7 +19,7 @@ from harness.data.pipeline import prepare_data
 from harness.data.sentences import split_document
 from harness.data.sources import DataSourceError, iter_documents
 from harness.data.synthetic import generate_corpus, generate_topic_task, make_world
-from harness.data.tokenizer import SpecialTokens, TokenizedCorpus
+from harness.data.tokenizer import SpecialTokens, TokenizedCorpus, unknown_token_rate
 
 SPECIALS = SpecialTokens(cls=0, sep=2, pad=1, mask=4, unk=3, pair_separator=(2, 2))
 
@@ -285,3 +285,23 @@ def test_every_tokenizer_kind_trains_with_its_special_tokens(kind, tmp_path):
     assert tokens[0] == data.specials.cls and tokens[-1] == data.specials.sep
     expected_cls = "[CLS]" if kind == "wordpiece" else "<s>"
     assert data.tokenizer.id_to_token(data.specials.cls) == expected_cls
+
+
+def test_hub_wikitext_rows_become_articles(monkeypatch):
+    import datasets
+
+    # Salesforce/wikitext rows: '' between paragraphs, text rows end in ' \n', titles ' = T = \n'
+    rows = ["", " = Alpha = \n", "", " First paragraph . \n", "", " = = Section = = \n", "", " Second . \n",
+            "", " = Beta = \n", "", " Only paragraph . \n"]  # fmt: skip
+    table = datasets.Dataset.from_dict({"text": rows})
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: table)
+    by_article = HubCorpus(source="hub", name="Salesforce/wikitext", text_layout="wikitext")
+    assert list(iter_documents(by_article)) == ["First paragraph .\nSecond .", "Only paragraph ."]
+    by_row = HubCorpus(source="hub", name="Salesforce/wikitext")
+    assert len(list(iter_documents(by_row))) == 6  # every non-empty row is its own document
+
+
+def test_unknown_token_rate_counts_text_tokens_only():
+    specials = SpecialTokens(cls=0, sep=2, pad=1, mask=4, unk=3, pair_separator=(2, 2))
+    tokens = np.array([0, 7, 3, 8, 9, 2, 1, 1, 4, 3, 2])  # CLS, SEP, pad and mask are structure, not text
+    assert unknown_token_rate(tokens, specials) == pytest.approx(2 / 5)  # text: 7 3 8 9 3

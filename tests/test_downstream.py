@@ -17,7 +17,16 @@ from harness.config import RunConfig
 from harness.evaluate import evaluate_downstream
 from harness.records import RunRecord
 from harness.runner import load_pretrained
-from harness.tasks import METRICS, TASKS, TaskDataError, load_glue_task, majority_baseline, score, synthetic_pair_task
+from harness.tasks import (
+    METRICS,
+    TASKS,
+    TaskDataError,
+    load_glue_task,
+    load_task,
+    majority_baseline,
+    score,
+    synthetic_pair_task,
+)
 
 SHARED_GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 
@@ -57,6 +66,13 @@ def pretrained_run(tmp_path_factory):
     out = root / "results"
     assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
     return next(p for p in (out / "t").iterdir() if p.is_dir())
+
+
+def test_run_summary_reports_model_size_and_unknown_token_rate(pretrained_run):
+    metrics = RunRecord(pretrained_run).summary["metrics"]
+    _, model, _, _ = load_pretrained(pretrained_run)
+    assert metrics["parameters"] == sum(p.numel() for p in model.parameters()) > 0
+    assert metrics["heldout_unk_rate"] == 0.0  # byte-level BPE has no unknown token in use
 
 
 def test_pretrained_tiny_model_beats_the_majority_baseline_on_the_pair_task(pretrained_run):
@@ -169,3 +185,48 @@ def test_real_glue_files_load_with_their_layouts(task, dev_rows):
     assert len(data.dev_a) == len(data.dev_labels) == dev_rows
     assert (data.dev_b is not None) == TASKS[task].is_pair
     assert all(data.dev_a[:20])
+
+
+def test_task_files_read_json_jsonl_and_tsv_pairs(tmp_path):
+    rows = [("A man sleeps.", "Someone rests.", "entailment"), ("It rains.", "It is dry.", "contradiction"),
+            ("Cats purr.", "Dogs bark.", "neutral")]  # fmt: skip
+    jsonl = tmp_path / "dev.jsonl"
+    jsonl.write_text("".join(json.dumps({"premise": a, "hypothesis": b, "label": y}) + "\n" for a, b, y in rows))
+    keyed = tmp_path / "train.json"  # an object of rows keyed by id, with text_a / text_b names
+    keyed.write_text(json.dumps({str(i): {"text_a": a, "text_b": b, "label": y} for i, (a, b, y) in enumerate(rows)}))
+    data = load_task("mnli", None, 0, None, None, files=(str(keyed), str(jsonl)))
+    assert data.train_a == [a for a, _, _ in rows] and data.dev_b == [b for _, b, _ in rows]
+    assert data.train_labels.tolist() == data.dev_labels.tolist() == [0, 2, 1]  # entailment, contradiction, neutral
+
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("index\tsentence1\tsentence2\tlabel\n0\tA\tB\tentailment\n1\tC\tD\tnot_entailment\n")
+    rte = load_task("rte", None, 0, None, None, files=(str(tsv), str(tsv)))
+    assert rte.dev_a == ["A", "C"] and rte.dev_labels.tolist() == [0, 1]
+
+
+def test_bad_task_files_fail_naming_the_file(tmp_path):
+    unlabeled = tmp_path / "rows.jsonl"
+    unlabeled.write_text(json.dumps({"premise": "a", "hypothesis": "b"}) + "\n")
+    with pytest.raises(TaskDataError, match="rows.jsonl: no text or label field"):
+        load_task("mnli", None, 0, None, None, files=(str(unlabeled), str(unlabeled)))
+    odd = tmp_path / "rows.jsonl"
+    odd.write_text(json.dumps({"premise": "a", "hypothesis": "b", "label": "maybe"}) + "\n")
+    with pytest.raises(TaskDataError, match="labels 'maybe' are outside the label set"):
+        load_task("mnli", None, 0, None, None, files=(str(odd), str(odd)))
+    with pytest.raises(TaskDataError, match="expected a .tsv, .jsonl or .json file"):
+        load_task("mnli", None, 0, None, None, files=(str(tmp_path / "x.csv"), str(odd)))
+    with pytest.raises(ValueError, match=r"task mnli: .*missing.json not found \(eval.task_files.mnli\)"):
+        RunConfig.model_validate({"train": {"steps": 1}, "eval": {"tasks": ["mnli"], "task_files": {
+            "mnli": {"train": str(tmp_path / "missing.json"), "dev": str(odd)}}}})  # fmt: skip
+
+
+SHARED_MNLI = SHARED_GLUE.parent / "mnli"
+
+
+@pytest.mark.skipif(not (SHARED_MNLI / "dev_matched.jsonl").is_file(), reason="../shared/data/mnli is not present")
+def test_local_mnli_files_load_as_the_suites_name_them():
+    data = load_task("mnli", None, 0, None, None, files=(
+        str(SHARED_MNLI / "ppft_train_subset" / "train.json"), str(SHARED_MNLI / "dev_matched.jsonl")))  # fmt: skip
+    assert len(data.train_a) == 8999 and len(data.dev_a) == 9815
+    assert np.bincount(data.dev_labels).tolist() == [3479, 3123, 3213]  # entailment / neutral / contradiction
+    assert data.dev_a[0] == "The new rights are nice enough"

@@ -267,13 +267,16 @@ def test_a_batch_size_suite_gets_its_figure(tmp_path):
 
 def test_paper_tables_hold_the_published_numbers():
     tables = load_paper_tables()
-    assert set(tables) == {"roberta-table1", "roberta-table2", "roberta-table3"}
+    assert set(tables) == {"roberta-table1", "roberta-table2", "roberta-table3", "roberta-table4"}
     table1 = tables["roberta-table1"][1]
     deltas = {d.column: round(d.delta, 3) for d in paper_deltas(table1, "dynamic", "static")}
     assert deltas == {"squad2": 0.4, "mnli-m": -0.3, "sst2": 0.4}
     table3 = tables["roberta-table3"][1]
     ppl = next(d for d in paper_deltas(table3, "bsz-2k", "bsz-256") if d.column == "ppl")
     assert ppl.arm_better is True, "lower perplexity is better"
+    table4 = tables["roberta-table4"][1]
+    recipe = {d.column: round(d.delta, 3) for d in paper_deltas(table4, "roberta-books-wiki", "bert-large")}
+    assert recipe == {"squad1.1": 2.7, "squad2": 5.5, "mnli-m": 2.4, "sst2": 1.6}
 
 
 def test_a_suite_mapped_to_a_paper_table_shows_both(tmp_path):
