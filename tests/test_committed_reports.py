@@ -1,0 +1,30 @@
+"""The ablation reports committed under reports/ are what the committed code makes of the committed
+run records under results/: each is rebuilt from results/<suite>/ and its tables must match byte
+for byte. (The quickstart's records are not committed: its report is rewritten by the main job.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.report import build_report
+from harness.results import load_results, resolve_sources
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = [f"{name}.tiny" for name in ("roberta-table1-masking", "roberta-table2-formats", "roberta-table3-batch",
+                                        "text-encoding", "roberta-vs-bert")]  # fmt: skip
+
+
+@pytest.mark.parametrize("suite", SHIPPED)
+def test_committed_report_regenerates_from_results(suite: str, tmp_path: Path):
+    results_dir = ROOT / "results" / suite
+    assert (results_dir / "suite.json").is_file(), f"reports/{suite} has no run records in results/{suite}/"
+    problems: list[str] = []
+    results = load_results(resolve_sources([results_dir], ROOT / "results", problems=problems), problems)
+    assert not problems, problems
+    build_report(results, tmp_path)
+    committed = ROOT / "reports" / suite
+    for table in ("summary.csv", "comparisons.csv", "runs.csv"):
+        regenerated = (tmp_path / table).read_text(encoding="utf-8")
+        assert regenerated == (committed / table).read_text(encoding="utf-8"), f"reports/{suite}/{table} is stale"
