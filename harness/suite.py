@@ -345,12 +345,17 @@ def _local_dir(spec: SuiteSpec, chosen: str | None) -> str | None:
 
     if hub_reachable():
         return None
+    _announce_local(spec.name, spec.local_default)
+    return spec.local_default
+
+
+@functools.cache  # a command loads its suite more than once (run, then report): say it once
+def _announce_local(suite: str, local_dir: str) -> None:
     print(
-        f"{spec.name}: the Hugging Face hub is out of reach; using the local data in {spec.local_default} "
+        f"{suite}: the Hugging Face hub is out of reach; using the local data in {local_dir} "
         f"(--set local=DIR or {LOCAL_DATA_ENV} chooses another)",
         file=sys.stderr,
     )
-    return spec.local_default
 
 
 def _apply_variants(spec: SuiteSpec, source: str, scale: str | None, local_dir: str | None) -> SuiteSpec:
