@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from harness.config import MaskingConfig, ModelConfig
 from harness.data.masking import mask_sequence
 from harness.data.tokenizer import SpecialTokens
 from harness.model import PretrainingModel, set_fast_path
-from harness.train import Prefetcher, adamw, try_compile
+from harness.train import Prefetcher, adamw, autocast_for, try_compile
 
 # The benchmark's model sizes (the speed issue's definitions; `tiny` here is the PERF-NOTES size,
 # larger than the training preset of the same name).
@@ -142,7 +142,7 @@ class Side:
         with phases("data"):
             batch = self.next_batch()
         with phases("forward"):
-            with torch.autocast(self.device.type, dtype=torch.bfloat16) if self.fast.bf16 else nullcontext():
+            with autocast_for("bf16" if self.fast.bf16 else "fp32", self.device):
                 loss = self.loss(batch)
         with phases("backward"):
             loss.backward()

@@ -91,6 +91,9 @@ class Checkpointer:
         self.every_steps = every_steps
         self.keep = max(1, keep)
         self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        # latest()'s answer until the next save: the runner vets the checkpoint, then the trainer resumes
+        # from it, and each check hashes the whole tensor file
+        self._latest: tuple[Found | None] | None = None
 
     def due(self, step: int, total_steps: int) -> bool:
         return step == total_steps or (self.every_steps > 0 and step % self.every_steps == 0)
@@ -105,6 +108,7 @@ class Checkpointer:
     ) -> Path | None:
         """Write a checkpoint; on an error (a full disk) keep the previous one and return None.
         Under torchrun, `rng_by_rank` holds every rank's RNG states (dropout differs per rank)."""
+        self._latest = None
         self.directory.mkdir(parents=True, exist_ok=True)
         work = self.directory / f".tmp-step-{step:09d}-{os.getpid()}"
         final = self.directory / f"step-{step:09d}"
@@ -161,6 +165,11 @@ class Checkpointer:
     def latest(self) -> Found | None:
         """The newest checkpoint that verifies; corrupt ones are named and skipped, leftovers of an
         interrupted write removed."""
+        if self._latest is None:
+            self._latest = (self._find_latest(),)
+        return self._latest[0]
+
+    def _find_latest(self) -> Found | None:
         if not self.directory.is_dir():
             return None
         for leftover in self.directory.glob(".tmp-step-*"):

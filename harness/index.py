@@ -4,12 +4,11 @@ reports say, and it rewrites a marked block of a Markdown file so the prose arou
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
 
-from harness.report import fmt_num, fmt_p
+from harness.report import fmt_num, fmt_p, is_missing
 
 BEGIN = "<!-- comparisons:begin (written by `harness index`; edit around it) -->"
 END = "<!-- comparisons:end -->"
@@ -39,17 +38,13 @@ def load_comparisons(report_dirs: list[Path]) -> pd.DataFrame:
 
 
 def _ours(row: pd.Series) -> str:
-    if _missing(row["diff"]):
+    if is_missing(row["diff"]):
         return "not run"
     low, high = row["ci_low"], row["ci_high"]
-    interval = "" if _missing(low) else f" [{fmt_num(low, True)}, {fmt_num(high, True)}]"
-    p_value = "" if _missing(row["p_value"]) else f", p {fmt_p(float(row['p_value']))}"
+    interval = "" if is_missing(low) else f" [{fmt_num(low, True)}, {fmt_num(high, True)}]"
+    p_value = "" if is_missing(row["p_value"]) else f", p {fmt_p(float(row['p_value']))}"
     verdict = f"**{row['our_direction']}**" if str(row["significant"]) == "True" else row["our_direction"]
     return f"{fmt_num(row['diff'], True)}{interval}{p_value}: {verdict}"
-
-
-def _missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
 
 
 def index_table(comparisons: pd.DataFrame) -> str:
@@ -63,7 +58,7 @@ def index_table(comparisons: pd.DataFrame) -> str:
     order = comparisons.drop_duplicates(keys)[keys]
     for _, key in order.iterrows():
         rows = comparisons[(comparisons[keys] == key.values).all(axis=1)]
-        paper = next((p for p in rows["paper_direction"] if not _missing(p)), "–")
+        paper = next((p for p in rows["paper_direction"] if not is_missing(p)), "–")
         cells = []
         for scale in scales:
             found = rows[rows["scale"] == scale]

@@ -20,12 +20,16 @@ STATES = ("pending", "running", "done", "failed", "diverged", "pruned")  # prune
 
 
 def atomic_write_json(path: Path, payload: Any) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Temp file, fsync, rename: a reader sees the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=False)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -102,10 +106,7 @@ class RunRecord:
         """Continue after a crash from a checkpoint at `step`: metric rows logged after it (and the
         final evaluation of an attempt that got that far) go, the rest stays."""
         kept = [row for row in self.metrics() if row.get("step", 0) <= step and not row.get("final")]
-        path = self.dir / "metrics.jsonl"
-        tmp = path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
-        os.replace(tmp, path)
+        atomic_write_text(self.dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in kept))
         (self.dir / "summary.json").unlink(missing_ok=True)
         self.set_status("running", pid=os.getpid(), resumed_from_step=step)
 
@@ -138,13 +139,14 @@ class RunLock:
         self.path = Path(directory) / ".lock"
         self._file = None
 
-    def acquire(self) -> bool:
+    def acquire(self, wait: bool = False) -> bool:
+        """Take the lock; without `wait`, give up at once (False) when another process holds it."""
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = self.path.open("a+")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
             return False

@@ -283,16 +283,16 @@ def config_differences(results: Results, comparisons: list[Comparison]) -> list[
     return rows
 
 
-def _missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _same(a: Any, b: Any) -> bool:
-    return (_missing(a) and _missing(b)) or (not _missing(a) and not _missing(b) and a == b)
+    return (is_missing(a) and is_missing(b)) or (not is_missing(a) and not is_missing(b) and a == b)
 
 
 def _plain(value: Any) -> str:
-    return "unset" if _missing(value) else str(value)
+    return "unset" if is_missing(value) else str(value)
 
 
 # ------------------------------------------------------------------------------------ figures
@@ -580,7 +580,7 @@ def _inline(text: str) -> str:
 
 
 def fmt_num(value: Any, signed: bool = False) -> str:
-    if _missing(value):
+    if is_missing(value):
         return "–"
     value = float(value)
     digits = 1 if abs(value) >= 100 else 2 if abs(value) >= 10 else 4

@@ -156,7 +156,6 @@ def execute_run(
     progress: bool = True,
     log=print,
     on_eval: Callable[[dict[str, Any]], None] | None = None,
-    compile_model: bool = False,
     options: RunOptions | None = None,
 ) -> dict[str, Any] | None:
     """Train and evaluate one run, recording everything under run_dir. A run with a checkpoint
@@ -164,7 +163,7 @@ def execute_run(
     with its error. `on_eval` sees every held-out evaluation during training and may raise RunPruned
     to stop the run. Under torchrun every rank trains; rank 0 alone records, evaluates and returns
     the summary (the others return None)."""
-    options = options or RunOptions(compile_model=compile_model)
+    options = options or RunOptions()
     ranks = options.distributed
     record = RunRecord(run_dir)
     config = run.config

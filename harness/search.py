@@ -177,8 +177,7 @@ def make_objective(ctx: TrialContext) -> Callable[[Any], float]:
         trial.set_user_attr("worker", ctx.worker)
         record = RunRecord(run_dir)
         lock = RunLock(run_dir)
-        while not lock.acquire():  # another worker trains this very config: wait, then reuse its result
-            time.sleep(2)
+        lock.acquire(wait=True)  # another worker may be training this very config: wait, then reuse its result
         try:
             return _objective_value(trial, record, run, run_dir, params)
         finally:

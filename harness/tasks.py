@@ -220,13 +220,7 @@ def load_glue_task(spec: TaskSpec, glue_dir: str | None, dev_split: str | None =
         spec = replace(spec, dev_split=dev_split, hub_dev_split=dev_split)
     if glue_dir is not None:
         folder = Path(glue_dir) / spec.glue_dir
-        splits = {}
-        for split in (spec.train_split, spec.dev_split):
-            path = folder / f"{split}.tsv"
-            a, b, labels = _read_glue_tsv(path, spec)
-            splits[split] = (a, b, _labels_to_array(labels, spec, str(path)))
-        (ta, tb, tl), (da, db, dl) = splits[spec.train_split], splits[spec.dev_split]
-        return TaskData(ta, tb, tl, da, db, dl)
+        return load_task_files(spec, str(folder / f"{spec.train_split}.tsv"), str(folder / f"{spec.dev_split}.tsv"))
     return _load_hub_task(spec)
 
 

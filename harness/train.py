@@ -236,7 +236,6 @@ def train(
         bar = tqdm(total=total_steps, initial=first_step, disable=not live, file=sys.stderr, leave=False,
                    dynamic_ncols=True)  # fmt: skip
         last_plain = start
-        grad_norm = 0.0
 
         for step in range(first_step, total_steps):
             lr = lr_at(step, total_steps, warmup_steps, config.lr, config.schedule)
