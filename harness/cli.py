@@ -282,6 +282,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_references(args: argparse.Namespace) -> int:
+    from harness.data.cache import StageCache
+    from harness.runner import fill_references
+
+    changed = 0
+    for directory in map(Path, args.dirs):
+        if not directory.is_dir():
+            raise ConfigError(str(directory), "", "not a results directory")
+        cache = StageCache(Path(args.cache) if args.cache else directory.parent / "_cache")
+        for run_dir in sorted(p.parent for p in directory.glob("*/summary.json")):
+            changed += fill_references(run_dir, cache)
+    print(f"{changed} record(s) updated")
+    return 0
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from harness.index import IndexFileError, write_index
 
@@ -581,6 +596,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="Markdown file whose marked comparisons block is rewritten (created if absent)"
     )
     index.set_defaults(func=cmd_index)
+
+    refs = sub.add_parser(
+        "references", help="add the held-out unigram floor and byte counts to finished runs recorded without them"
+    )
+    refs.add_argument("dirs", nargs="+", help="suite results directories, e.g. results/roberta-table1-masking.tiny")
+    refs.add_argument("--cache", help="stage cache to build data in (default: <results root>/_cache)")
+    refs.set_defaults(func=cmd_references)
 
     ls = sub.add_parser("ls", help="list runs with their status and headline metric")
     ls.add_argument("dir", nargs="?", default=DEFAULT_OUT, help="results root or one suite's directory")

@@ -411,7 +411,7 @@ class RunConfig(Schema):
 ADDED_LATER = ("model.init_from", "data.tokenizer.file", "data.corpus.text_layout", "eval.task_files")
 
 
-PRETRAINING_METRICS = ("heldout_loss", "heldout_ppl", "heldout_acc", "train_loss")
+PRETRAINING_METRICS = ("heldout_loss", "heldout_ppl", "heldout_acc", "heldout_bpb", "train_loss")
 # facts about a run's model and text encoding, reported beside its scores (text-encoding ablations)
 RUN_FACTS = ("parameters", "heldout_unk_rate")
 

@@ -12,7 +12,7 @@ from harness.report import fmt_num, fmt_p, is_missing
 
 BEGIN = "<!-- comparisons:begin (written by `harness index`; edit around it) -->"
 END = "<!-- comparisons:end -->"
-SCALES = ("tiny", "small", "base")
+SCALES = ("tiny", "cpu", "small", "base")
 
 
 class IndexFileError(ValueError):
@@ -38,13 +38,22 @@ def load_comparisons(report_dirs: list[Path]) -> pd.DataFrame:
 
 
 def _ours(row: pd.Series) -> str:
+    """The report's verdict in one cell: difference, interval, Holm-adjusted p, verdict, and the
+    minimum detectable effect where nothing was detected."""
     if is_missing(row["diff"]):
         return "not run"
     low, high = row["ci_low"], row["ci_high"]
     interval = "" if is_missing(low) else f" [{fmt_num(low, True)}, {fmt_num(high, True)}]"
-    p_value = "" if is_missing(row["p_value"]) else f", p {fmt_p(float(row['p_value']))}"
-    verdict = f"**{row['our_direction']}**" if str(row["significant"]) == "True" else row["our_direction"]
-    return f"{fmt_num(row['diff'], True)}{interval}{p_value}: {verdict}"
+    p_value = "" if is_missing(row["p_holm"]) else f", p_Holm {fmt_p(float(row['p_holm']))}"
+    verdict = str(row["verdict"])
+    if not is_missing(row["winner"]) and row["winner"]:
+        verdict = f"**{verdict}**"
+    elif verdict == "no difference detected" and not is_missing(row["mde"]):
+        verdict += f" (MDE ±{fmt_num(row['mde'])})"
+    elif verdict in ("not testable", "not comparable") and not is_missing(row["reason"]):
+        verdict += f" ({row['reason']})"
+    agreement = "" if is_missing(row["agrees_with_paper"]) else f"; {row['agrees_with_paper']}s with the paper"
+    return f"{fmt_num(row['diff'], True)}{interval}{p_value}: {verdict}{agreement}"
 
 
 def index_table(comparisons: pd.DataFrame) -> str:

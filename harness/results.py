@@ -21,7 +21,7 @@ from harness.records import SCHEMA_VERSION, atomic_write_json, read_jsonl
 from harness.suite import Suite, SuiteSpec, load_suite
 
 MANIFEST = "suite.json"
-CURVE_METRICS = ("train_loss", "heldout_loss", "heldout_ppl", "heldout_acc", "nsp_loss")
+CURVE_METRICS = ("train_loss", "heldout_loss", "heldout_ppl", "heldout_acc", "heldout_bpb", "nsp_loss")
 
 
 def write_manifest(suite_dir: Path, suite: Suite, overrides: list[str]) -> None:
@@ -73,6 +73,7 @@ class Results:
     sources: list[SuiteSource]
     problems: list[str] = field(default_factory=list)  # bad records, named
     notes: list[str] = field(default_factory=list)  # things worth knowing that are not errors
+    floors: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FLOOR_COLUMNS))  # per run x metric
 
     @property
     def multi_suite(self) -> bool:
@@ -193,6 +194,53 @@ def _pick(candidates: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[s
 RUN_COLUMNS = ["suite", "arm", "seed", "run_id", "metric", "value"]
 CURVE_COLUMNS = ["suite", "arm", "seed", "run_id", "step", "tokens", "metric", "value"]
 FINETUNE_COLUMNS = ["suite", "arm", "seed", "run_id", "task", "metric", "finetune_seed", "value", "diverged"]
+FLOOR_COLUMNS = ["suite", "arm", "seed", "run_id", "metric", "floor", "threshold", "kind"]
+CORRELATIONS = ("matthews", "pearson", "spearman")  # a constant predictor scores 0 on these
+
+
+def _floor_rows(base: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per metric of a finished run: the score of a predictor that has learned nothing useful, and
+    the threshold a result must pass to be told apart from it (two standard errors).
+
+    Downstream: the majority-class baseline of the dev set (the binomial standard error of a
+    proportion on `dev_examples`; 1/sqrt(n) for correlations). Held out: the context-free unigram
+    floor of harness/references.py, in each held-out metric's own units."""
+    rows = []
+
+    def add(metric: str, floor: float, threshold: float, kind: str) -> None:
+        if math.isfinite(floor) and math.isfinite(threshold):
+            rows.append({**base, "metric": metric, "floor": floor, "threshold": threshold, "kind": kind})
+
+    for task, result in summary.get("downstream", {}).items():
+        baselines = result.get("majority_baseline") or {}
+        dev = _number(result.get("dev_examples")) or 0
+        if dev <= 0:
+            continue
+        for metric in result.get("metrics", {}):
+            value = _number(baselines.get(metric))
+            if value is None and metric in CORRELATIONS:
+                value = 0.0
+            if value is None:
+                continue
+            if metric in CORRELATIONS:
+                error = 1 / math.sqrt(dev)
+            elif 0 <= value <= 1:
+                error = math.sqrt(value * (1 - value) / dev)
+            else:
+                continue  # a baseline outside [0, 1] (an error measure): no binomial noise to speak of
+            add(f"{task}.{metric}", value, value + 2 * error, "majority class")
+    refs = {k: _number(v) for k, v in (summary.get("references") or {}).items()}
+    loss, noise = refs.get("heldout_unigram_loss"), refs.get("heldout_loss_noise")
+    if loss is not None and noise is not None:
+        add("heldout_loss", loss, loss - noise, "unigram")
+        add("heldout_ppl", math.exp(min(loss, 50.0)), math.exp(min(loss - noise, 50.0)), "unigram")
+        acc, masked = refs.get("heldout_unigram_acc"), refs.get("heldout_masked")
+        if acc is not None and masked:
+            add("heldout_acc", acc, acc + 2 * math.sqrt(acc * (1 - acc) / masked), "unigram")
+        bpb, masked_bytes = refs.get("heldout_unigram_bpb"), refs.get("heldout_masked_bytes")
+        if bpb is not None and masked and masked_bytes:
+            add("heldout_bpb", bpb, bpb - noise * masked / math.log(2) / masked_bytes, "unigram")
+    return rows
 
 
 @dataclass
@@ -204,6 +252,7 @@ class _Rows:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     curves: list[dict[str, Any]] = field(default_factory=list)
     finetune: list[dict[str, Any]] = field(default_factory=list)
+    floors: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def missing(self, base: dict[str, Any], run_id: str, config: dict[str, Any]) -> None:
@@ -231,6 +280,7 @@ class _Rows:
         if record["state"] == "done":
             self._metrics(base, record, summary, config_cols)
             self.finetune.extend(_finetune_rows(base, summary.get("downstream", {})))
+            self.floors.extend(_floor_rows(base, summary))
         for row in record["curve"]:
             step, tokens = _number(row.get("step")), _number(row.get("tokens"))
             if step is None or tokens is None:
@@ -303,6 +353,7 @@ def load_results(sources: list[SuiteSource], problems: list[str] | None = None) 
     metrics = pd.DataFrame(rows.metrics, columns=None if rows.metrics else RUN_COLUMNS)
     curves = pd.DataFrame(rows.curves, columns=None if rows.curves else CURVE_COLUMNS)
     finetune = pd.DataFrame(rows.finetune, columns=None if rows.finetune else FINETUNE_COLUMNS)
+    floors = pd.DataFrame(rows.floors, columns=FLOOR_COLUMNS)
     if multi and len(metrics):
         per_suite = metrics.groupby("suite")["metric"].agg(set)
         shared = set.intersection(*per_suite)
@@ -312,7 +363,7 @@ def load_results(sources: list[SuiteSource], problems: list[str] | None = None) 
                 rows.notes.append(
                     f"{suite_name}: metric(s) {', '.join(only)} not reported by every suite: not compared across suites"
                 )
-    return Results(runs, metrics, curves, finetune, sources, reader.problems, rows.notes)
+    return Results(runs, metrics, curves, finetune, sources, reader.problems, rows.notes, floors)
 
 
 def _grid(source: SuiteSource, records: list[dict[str, Any]]) -> tuple[list[str], list[int]]:

@@ -28,7 +28,8 @@ from harness.data.tokenizer import SpecialTokens, special_tokens, unknown_token_
 from harness.distributed import NOT_DISTRIBUTED, Distributed
 from harness.evaluate import evaluate_downstream, fixed_mask_batches, flat_downstream_metrics, heldout_mlm
 from harness.model import PretrainingModel, plain_state_dict
-from harness.records import SCHEMA_VERSION, RunRecord
+from harness.records import SCHEMA_VERSION, RunRecord, atomic_write_json
+from harness.references import bits_per_byte, heldout_references
 from harness.suite import Run
 from harness.train import Diverged, RunGuards, planned_steps, train
 
@@ -118,8 +119,33 @@ def evaluate_run(run_dir: Path, device: torch.device, tasks: list[str] | None = 
     return downstream
 
 
+def fill_references(run_dir: Path, cache: StageCache, log=print) -> bool:
+    """Add the held-out floors (harness/references.py) to a finished run recorded before they
+    existed, from its data alone: the stages are rebuilt from the run's config (or found in the
+    cache), nothing is trained. Returns whether the record changed."""
+    record = RunRecord(run_dir)
+    summary = record.summary
+    if summary is None or "references" in summary or record.config is None:
+        return False
+    config = RunConfig.model_validate(record.config["config"])
+    data = prepare_data(config.data, cache, config.eval.heldout_sequences)
+    summary.pop("schema_version", None)
+    summary["references"] = data_references(config, data)
+    atomic_write_json(run_dir / "summary.json", {"schema_version": SCHEMA_VERSION, **summary})  # status untouched
+    log(f"{run_dir}: held-out floors added (unigram loss {summary['references']['heldout_unigram_loss']:.3f})")
+    return True
+
+
 class RunPruned(Exception):
     """Raised by an `on_eval` hook to stop a run early (a search's pruner); recorded as `pruned`."""
+
+
+def data_references(config: RunConfig, data: PreparedData) -> dict[str, float]:
+    """The held-out floors and byte counts of a run's data (harness/references.py)."""
+    return heldout_references(
+        data.train, data.heldout, data.tokenizer, config.data.tokenizer.kind, data.specials, data.vocab_size,
+        config.eval,
+    )  # fmt: skip
 
 
 def describe_plan(data: PreparedData, batches: PretrainingBatches, steps: int, run: Run) -> str:
@@ -199,9 +225,12 @@ def execute_run(
         if config.model.init_from:
             start_from(model, Path(config.model.init_from), config, log)
         heldout_batches = fixed_mask_batches(data.heldout, data.specials, data.vocab_size, config.eval)
+        references = data_references(config, data)
 
         def evaluate_heldout() -> dict[str, float]:
-            return heldout_mlm(model, heldout_batches, device, train_cfg.precision)
+            scores = heldout_mlm(model, heldout_batches, device, train_cfg.precision)
+            masked, masked_bytes = int(references["heldout_masked"]), int(references["heldout_masked_bytes"])
+            return {**scores, "heldout_bpb": bits_per_byte(scores["heldout_loss"], masked, masked_bytes)}
 
         def log_metrics(row: dict[str, Any]) -> None:
             if record is not None:
@@ -237,6 +266,7 @@ def execute_run(
         summary = {
             **header,
             "metrics": metrics,
+            "references": references,
             "downstream": downstream,
             "budget": {
                 "steps": result.steps,

@@ -461,9 +461,26 @@ def load_suite(path: str | Path, overrides: list[str] = (), arms: list[str] | No
         task = metric.split(".")[0]
         if "." in metric and any(task not in r.config.eval.tasks for r in runs):
             raise ConfigError(source, "metrics", f"{metric!r} needs eval.tasks to include {task!r} in every arm")
+    _check_per_token_metrics(spec, source, runs)
     if spec.search is not None:
         _check_search(spec.search, source, runs, known_metrics)
     return Suite(path=path, spec=spec, runs=runs)
+
+
+def _check_per_token_metrics(spec: SuiteSpec, source: str, runs: list[Run]) -> None:
+    """Per-token held-out loss between arms that tokenize differently compares cuts, not models."""
+    from harness.references import per_token_refusal
+
+    tokenizers = {}
+    for run in runs:
+        tok = run.config.data.tokenizer
+        tokenizers[run.arm] = " ".join(str(v) for v in (tok.kind, tok.vocab_size, tok.file) if v is not None)
+    for comparison in spec.comparison_list():
+        for metric in spec.metrics:
+            refusal = per_token_refusal(metric, comparison.arm, tokenizers[comparison.arm], comparison.baseline,
+                                        tokenizers[comparison.baseline])  # fmt: skip
+            if refusal:
+                raise ConfigError(source, "metrics", f"comparison {comparison.name}: {refusal}")
 
 
 def _search_bounds(space: ParamSpace) -> list[Any]:

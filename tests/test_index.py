@@ -9,17 +9,19 @@ import pytest
 
 from harness.cli import main
 from harness.index import BEGIN, END, split_scale
-
-COLUMNS = ["comparison", "arm", "baseline", "metric", "diff", "relative", "ci_low", "ci_high", "p_value", "test",
-           "n_arm", "n_baseline", "n_pairs", "ci_excludes_zero", "significant", "our_direction", "paper_direction",
-           "agrees_with_paper"]  # fmt: skip
+from harness.report.verdicts import COLUMNS
 
 
 def write_report(directory: Path, diff: float, significant: bool, paper: str = "dynamic better (SST-2 +0.40)") -> Path:
+    """A comparisons.csv with the columns `harness report` writes."""
     directory.mkdir(parents=True)
-    verdict = "dynamic better" if significant else "no clear difference (CI includes 0)"
-    row = ["dynamic vs static", "dynamic", "static", "sst2.accuracy", diff, 0.01, diff - 0.01, diff + 0.01, 0.03,
-           "paired t", 3, 3, 3, True, significant, verdict, paper, "yes"]  # fmt: skip
+    row = dict.fromkeys(COLUMNS, "")
+    row.update({"comparison": "dynamic vs static", "arm": "dynamic", "baseline": "static", "metric": "sst2.accuracy",
+                "diff": diff, "ci_low": diff - 0.01, "ci_high": diff + 0.01, "p_value": 0.01, "p_holm": 0.03,
+                "test": "paired t", "n_pairs": 3, "paper_direction": paper,
+                "verdict": "dynamic better" if significant else "no difference detected",
+                "winner": "dynamic" if significant else "", "mde": 0.025,
+                "agrees_with_paper": "agree" if significant else ""})  # fmt: skip
     pd.DataFrame([row], columns=COLUMNS).to_csv(directory / "comparisons.csv", index=False)
     return directory
 
@@ -36,8 +38,8 @@ def test_scales_become_columns_and_the_prose_around_the_block_stays(tmp_path: Pa
     assert "| suite | comparison | metric | paper | ours, tiny | ours, small |" in text
     row = next(line for line in text.splitlines() if line.startswith("| masking |"))
     assert "dynamic better (SST-2 +0.40)" in row
-    assert "+0.0120 [+0.0020, +0.0220], p 0.030: **dynamic better**" in row
-    assert "-0.0030 [-0.0130, +0.0070], p 0.030: no clear difference" in row
+    assert "+0.0120 [+0.0020, +0.0220], p_Holm 0.030: **dynamic better**; agrees with the paper" in row
+    assert "-0.0030 [-0.0130, +0.0070], p_Holm 0.030: no difference detected (MDE ±0.0250)" in row
 
 
 def test_a_missing_scale_reads_not_run_and_bad_inputs_are_errors(tmp_path: Path, capsys):

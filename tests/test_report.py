@@ -19,7 +19,7 @@ from harness.paper import load_paper_tables, paper_deltas
 from harness.records import RunRecord
 from harness.report import build_report
 from harness.results import load_results, resolve_sources
-from harness.stats import bootstrap_mean_ci, compare_seeds
+from harness.stats import compare_seeds, mean_interval
 from harness.suite import load_suite
 
 SEEDS = [0, 1, 2, 3, 4]
@@ -77,12 +77,14 @@ def report_of(suite_dir: Path, out: Path, baseline: str | None = None):
 # --------------------------------------------------------------------------------- statistics
 
 
-def test_bootstrap_ci_brackets_the_mean_and_needs_two_values():
+def test_mean_interval_is_the_t_interval_and_needs_two_values():
+    from scipy import stats
+
     values = [0.61, 0.66, 0.63, 0.60, 0.64]
-    low, high = bootstrap_mean_ci(values)
-    assert min(values) < low < np.mean(values) < high < max(values)
-    assert bootstrap_mean_ci(values) == (low, high), "seeded: the same values give the same interval"
-    assert all(math.isnan(v) for v in bootstrap_mean_ci([0.5]))
+    low, high = mean_interval(values)
+    half = stats.t.ppf(0.975, 4) * np.std(values, ddof=1) / math.sqrt(5)
+    assert (low, high) == pytest.approx((np.mean(values) - half, np.mean(values) + half))
+    assert all(math.isnan(v) for v in mean_interval([0.5]))
 
 
 def test_paired_comparison_uses_shared_seeds_and_welch_otherwise():
@@ -91,8 +93,9 @@ def test_paired_comparison_uses_shared_seeds_and_welch_otherwise():
     paired = compare_seeds(shifted, base)
     assert paired.test == "paired t" and paired.n_pairs == 5
     # the shift is identical on every seed: the paired analysis sees no noise at all
-    assert paired.diff == pytest.approx(0.01) and paired.ci_low == pytest.approx(0.01)
-    assert math.isnan(paired.p_value), "no spread across seeds: untestable, not p = 0"
+    assert paired.diff == pytest.approx(0.01) and math.isnan(paired.ci_low)
+    assert math.isnan(paired.p_value) and not paired.testable, "no spread across seeds: untestable, not p = 0"
+    assert "zero spread" in paired.untestable
     disjoint = compare_seeds({s + 10: v for s, v in shifted.items()}, base)
     assert disjoint.test == "Welch t" and disjoint.n_pairs == 0
     # unpaired, the seed-to-seed spread (±0.02) swamps a 0.01 shift
@@ -143,18 +146,19 @@ def test_b_differs_from_the_baseline_and_c_does_not(known_effects):
     table = pd.read_csv(output.directory / "comparisons.csv").set_index(["comparison", "metric"])
     b = table.loc[("B vs A", "sst2.accuracy")]
     assert b["diff"] == pytest.approx(MARGIN + np.mean(list(B_NOISE.values())), abs=1e-6)
-    assert b["ci_low"] > 0 and bool(b["ci_excludes_zero"]) and bool(b["significant"])
+    assert b["ci_low"] > 0 and b["p_holm"] < 0.05 and b["p_holm"] >= b["p_value"]
     assert b["test"] == "paired t" and b["n_pairs"] == 5
-    assert b["our_direction"] == "B better"
+    assert b["verdict"] == "B better" and b["winner"] == "B"
+    # C equals A on every seed: zero spread, said as not testable rather than given a p-value
     c = table.loc[("C vs A", "sst2.accuracy")]
-    assert c["diff"] == 0 and c["ci_low"] <= 0 <= c["ci_high"] and not bool(c["ci_excludes_zero"])
+    assert c["diff"] == 0 and c["verdict"] == "not testable" and "zero spread" in c["reason"]
     # lower perplexity is better: B's lower ppl makes B the winner there too
-    assert table.loc[("B vs A", "heldout_ppl")]["our_direction"] == "B better"
+    assert table.loc[("B vs A", "heldout_ppl")]["verdict"] == "B better"
     text = (output.directory / "report.md").read_text()
-    b_line = next(line for line in text.splitlines() if line.startswith("- **B vs A** (5 paired seeds)"))
-    assert "sst2.accuracy (higher is better) +0.0498" in b_line and "**B better**" in b_line
-    c_line = next(line for line in text.splitlines() if line.startswith("- **C vs A**"))
-    assert "no clear difference" in c_line and "**" not in c_line.split("):", 1)[1]
+    matrix_row = next(line for line in text.splitlines() if line.startswith("| B vs A |"))
+    assert "+0.0498" in matrix_row and "**B better**" in matrix_row
+    # the verdict matrix comes before any other section
+    assert text.index("| B vs A |") < text.index("## How to read the verdicts")
 
 
 def test_every_figure_is_a_valid_png_and_svg(known_effects):
@@ -247,7 +251,7 @@ def test_several_suites_are_compared_on_shared_metrics(tmp_path):
     output = build_report(results, tmp_path / "both")
     table = pd.read_csv(output.directory / "comparisons.csv").set_index(["comparison", "metric"])
     row = table.loc[("two/A vs one/A", "sst2.accuracy")]
-    assert row["diff"] == pytest.approx(MARGIN, abs=1e-3) and bool(row["significant"])
+    assert row["diff"] == pytest.approx(MARGIN, abs=1e-3) and row["verdict"] == "two/A better"
     assert any("rte.accuracy not reported by every suite" in n for n in results.notes)
 
 
@@ -307,7 +311,7 @@ def test_a_suite_mapped_to_a_paper_table_shows_both(tmp_path):
     output = build_report(results, tmp_path / "report")
     row = pd.read_csv(output.directory / "comparisons.csv").iloc[0]
     assert row["paper_direction"] == "dynamic better (SST-2 +0.40)"
-    assert row["agrees_with_paper"] == "yes"
+    assert row["agrees_with_paper"] == "agree" and row["verdict"] == "dynamic better"
     text = (output.directory / "report.md").read_text()
     assert "RoBERTa Table 1" in text
     dynamic_mean = 100 * np.mean([BASELINE[s] + 0.03 + B_NOISE[s] for s in SEEDS])
@@ -351,3 +355,71 @@ def test_manifest_keeps_the_suite_order_for_directory_reports(tmp_path):
     states = results.runs.groupby("arm", sort=False)["state"].apply(list).to_dict()
     assert states == {"C": ["done", "done", "missing"], "A": ["done", "done", "missing"], "B": ["missing"] * 3}
     assert set(pd.read_csv(output.directory / "comparisons.csv")["comparison"]) == {"C vs A", "B vs A"}
+
+
+# ------------------------------------------------------------------------- floors and refusals
+
+
+def test_per_token_loss_across_tokenizers_is_refused_at_load(write_suite):
+    from conftest import tiny_suite
+
+    wordpiece = {"data": {"tokenizer": {"kind": "wordpiece", "vocab_size": 1024}}}
+    suite = tiny_suite(arms={"bpe": {}, "wordpiece": wordpiece}, metrics=["heldout_ppl"])
+    with pytest.raises(ConfigError) as err:
+        load_suite(write_suite(suite))
+    message = str(err.value)
+    assert "heldout_ppl is per token" in message and "byte_bpe 1024" in message and "wordpiece 1024" in message
+    assert "heldout_bpb" in message
+    load_suite(write_suite({**suite, "metrics": ["heldout_bpb"]}))  # bits per byte is fine
+
+
+def floored_record(suite_dir: Path, arm: str, seed: int, accuracy: float, loss: float, tokenizer: str = "byte_bpe"):
+    """A finished run with a downstream majority baseline of 0.5 (800 dev examples) and a held-out
+    unigram floor of 7.0 nats (noise 0.05)."""
+    run_id = f"{arm}-{seed}"
+    record = RunRecord(suite_dir / run_id)
+    header = {"suite": "floors", "arm": arm, "seed": seed, "run_id": run_id}
+    record.start(header, {"data": {"tokenizer": {"kind": tokenizer, "vocab_size": 1024}}, "train": {"seed": seed}})
+    record.finish({
+        **header,
+        "metrics": {"sst2.accuracy": accuracy, "heldout_loss": loss, "heldout_ppl": math.exp(loss)},
+        "references": {"heldout_unigram_loss": 7.0, "heldout_unigram_acc": 0.12, "heldout_unigram_bpb": 2.5,
+                       "heldout_loss_noise": 0.05, "heldout_masked": 4000.0, "heldout_masked_bytes": 16000.0},
+        "downstream": {"sst2": {"metrics": {"accuracy": {"seeds": {"0": accuracy}, "median": accuracy}},
+                                "majority_baseline": {"accuracy": 0.5}, "dev_examples": 800}},
+    })  # fmt: skip
+
+
+def test_floors_are_labelled_not_tested(tmp_path):
+    suite_dir = tmp_path / "results" / "floors"
+    # A and B: at the majority baseline (within 2 SE = 0.035 of 0.5) and at the unigram loss;
+    # C: well above the baseline and well below the unigram loss
+    for seed, jitter in enumerate([0.0, 0.01, -0.01]):
+        floored_record(suite_dir, "A", seed, 0.50 + jitter, 7.02 + jitter)
+        floored_record(suite_dir, "B", seed, 0.51 + jitter, 7.30 + jitter)
+        floored_record(suite_dir, "C", seed, 0.70 + 2 * jitter, 5.00 + 2 * jitter)
+    results, output = report_of(suite_dir, tmp_path / "report")
+    table = pd.read_csv(output.directory / "comparisons.csv").set_index(["comparison", "metric"])
+    for metric in ("sst2.accuracy", "heldout_ppl"):
+        assert table.loc[("B vs A", metric)]["verdict"] == "both at floor: no evidence"
+        assert math.isnan(table.loc[("B vs A", metric)]["p_holm"]), "floors are not part of the tested family"
+        c = table.loc[("C vs A", metric)]
+        assert c["verdict"] == "C better" and bool(c["baseline_at_floor"]) and not bool(c["arm_at_floor"])
+    summary = pd.read_csv(output.directory / "summary.csv").set_index(["arm", "metric"])
+    assert summary.loc[("A", "sst2.accuracy")]["floor"] == pytest.approx(0.5)
+    assert summary.loc[("A", "heldout_ppl")]["floor"] == pytest.approx(math.exp(7.0), rel=1e-5)  # 6 digits in csv
+    text = (output.directory / "report.md").read_text()
+    assert "⚑ A at majority baseline" in text and "⚑ A has not learned context" in text
+    assert "majority class 0.5000 ⚑ at it" in text
+
+
+def test_per_token_loss_across_tokenizers_is_refused_in_a_report(tmp_path):
+    suite_dir = tmp_path / "results" / "floors"
+    for seed, jitter in enumerate([0.0, 0.01, -0.01]):
+        floored_record(suite_dir, "A", seed, 0.70 + jitter, 5.0 + jitter)
+        floored_record(suite_dir, "W", seed, 0.75 + 2 * jitter, 4.0 + 2 * jitter, tokenizer="wordpiece")
+    _, output = report_of(suite_dir, tmp_path / "report")
+    table = pd.read_csv(output.directory / "comparisons.csv").set_index(["comparison", "metric"])
+    refused = table.loc[("W vs A", "heldout_ppl")]
+    assert refused["verdict"] == "not comparable" and "wordpiece 1024" in refused["reason"]
+    assert table.loc[("W vs A", "sst2.accuracy")]["verdict"] == "W better"
