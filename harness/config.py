@@ -52,11 +52,19 @@ class ModelConfig(Schema):
     hidden: int = Field(128, ge=8, description="Hidden size (embedding width).")
     heads: int = Field(4, ge=1, description="Attention heads; must divide hidden.")
     ffn: int = Field(512, ge=8, description="Feed-forward inner size.")
-    max_len: int = Field(128, ge=8, description="Number of learned position embeddings.")
+    max_len: int = Field(
+        128, ge=8, description="Longest sequence: rows of the learned position table (rope: of the rotation table)."
+    )
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on embeddings, attention output and FFN output.")
     attention_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on attention probabilities.")
     norm: Literal["post", "pre"] = Field(
         "post", description="post: BERT/RoBERTa LayerNorm after residual; pre: before."
+    )
+    positions: Literal["learned", "rope"] | None = Field(
+        None,
+        description="How the encoder knows token order. learned (unset: as before the field existed): a table of "
+        "absolute position embeddings added to the input, as BERT/RoBERTa; rope: rotary position embeddings "
+        "(Su et al., 2021), queries and keys of every attention layer rotated by their position, no table.",
     )
     layer_norm_eps: float = Field(1e-12, gt=0.0, description="LayerNorm epsilon (BERT 1e-12, RoBERTa 1e-5).")
     init_std: float = Field(0.02, gt=0.0, description="Std of the normal init of all weights, as in BERT.")
@@ -78,7 +86,15 @@ class ModelConfig(Schema):
     def _heads_divide_hidden(self) -> ModelConfig:
         if self.hidden % self.heads != 0:
             raise ValueError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
+        head_dim = self.hidden // self.heads
+        if self.rope and head_dim % 2:
+            raise ValueError(f"positions = rope rotates pairs of dimensions: hidden / heads ({head_dim}) must be even")
         return self
+
+    @property
+    def rope(self) -> bool:
+        """Rotary positions; unset `positions` means learned ones."""
+        return self.positions == "rope"
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -408,7 +424,13 @@ class RunConfig(Schema):
 
 
 # every field added to RunConfig from now on belongs here, with None meaning "as before it existed"
-ADDED_LATER = ("model.init_from", "data.tokenizer.file", "data.corpus.text_layout", "eval.task_files")
+ADDED_LATER = (
+    "model.init_from",
+    "data.tokenizer.file",
+    "data.corpus.text_layout",
+    "eval.task_files",
+    "model.positions",
+)
 
 
 PRETRAINING_METRICS = ("heldout_loss", "heldout_ppl", "heldout_acc", "heldout_bpb", "train_loss")

@@ -6,7 +6,7 @@ load with no extra code: `RobertaForMaskedLM` for runs without NSP on byte-level
 heads) for runs with NSP. Our parameter names already follow Hugging Face's layout, so the weights
 map by renaming; the two conventions that differ are spelled out here: RoBERTa numbers positions
 from pad_id + 1 (rows below that are unused), and the MLM decoder is tied to the word embeddings.
-Options transformers has no equivalent for (pre-norm) are refused by name, never silently dropped.
+Options transformers has no equivalent for (pre-norm, rotary positions) are refused by name, never silently dropped.
 
 Import goes the other way: a local BERT/RoBERTa checkpoint directory becomes a run directory that
 `harness eval` fine-tunes with the same evaluator as harness-trained arms, and that export writes
@@ -43,6 +43,12 @@ def refuse_unexportable(model_config: ModelConfig) -> None:
         raise ExportError(
             "model.norm = pre: transformers' BERT and RoBERTa are post-norm (LayerNorm after each residual), "
             "so a pre-norm encoder has no equivalent there; export refused rather than written as a different model"
+        )
+    if model_config.rope:
+        raise ExportError(
+            "model.positions = rope: transformers' BERT and RoBERTa use learned absolute positions (a position "
+            "embedding table added to the input), so a rotary-position encoder has no equivalent there; export "
+            "refused rather than written as a different model"
         )
 
 

@@ -4,6 +4,9 @@ Module and parameter names mirror Hugging Face's BERT/RoBERTa layout (embeddings
 encoder.layer.N.attention.self.query, ..., lm_head.dense) with the same shapes, so exporting to
 `RobertaForMaskedLM` / `BertForPreTraining` is a renaming of keys, never a reshaping.
 
+Positions are learned absolute embeddings added to the input (BERT/RoBERTa), or with
+`positions: rope` rotary embeddings: no position table, queries and keys rotated in every layer.
+
 The MLM head runs only on the masked positions (~15% of tokens): at a small hidden size the
 vocabulary projection is most of a step's FLOPs, so projecting every position wastes most of it.
 """
@@ -24,19 +27,44 @@ class Embeddings(nn.Module):
     def __init__(self, config: ModelConfig, vocab_size: int, pad_id: int):
         super().__init__()
         self.word_embeddings = nn.Embedding(vocab_size, config.hidden, padding_idx=pad_id)
-        self.position_embeddings = nn.Embedding(config.max_len, config.hidden)
+        # rope puts positions into attention instead: no table, so parameter counts stay honest
+        self.position_embeddings = None if config.rope else nn.Embedding(config.max_len, config.hidden)
         self.token_type_embeddings = nn.Embedding(config.token_types, config.hidden)
         self.LayerNorm = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = (
-            self.word_embeddings(input_ids)
-            + self.position_embeddings(positions)
-            + self.token_type_embeddings(token_type_ids)
-        )
+        x = self.word_embeddings(input_ids)
+        if self.position_embeddings is not None:  # added in the same order as before rope existed
+            x = x + self.position_embeddings(torch.arange(input_ids.shape[1], device=input_ids.device))
+        x = x + self.token_type_embeddings(token_type_ids)
         return self.dropout(self.LayerNorm(x))
+
+
+class Rotary(nn.Module):
+    """Rotary position embeddings (RoPE, Su et al. 2021): each head's dimensions i and i + head_dim/2
+    form a pair, rotated at position m by the angle m * base^(-2i/head_dim). A query at m and a key at
+    n then score q·R(n-m)·k: only their offset counts. The cos/sin tables are computed once up to
+    max_len and kept as non-persistent buffers (they move with the model, but are not weights)."""
+
+    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # [head_dim/2]
+        angles = torch.arange(max_len, dtype=torch.float64)[:, None] * inv_freq  # [max_len, head_dim/2]
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def forward(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cos[:length], self.sin[:length]  # [L, head_dim/2] each
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, heads, L, head_dim] rotated pair by pair; cos, sin [L, head_dim/2]. In fp32, back in x's dtype."""
+    x1, x2 = x.float().chunk(2, dim=-1)  # [B, heads, L, head_dim/2] each: the pairs (x1[i], x2[i])
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
+
+
+Rotation = tuple[torch.Tensor, torch.Tensor] | None  # rope's (cos, sin), each [L, head_dim/2]; None: learned
 
 
 class SelfAttention(nn.Module):
@@ -49,7 +77,7 @@ class SelfAttention(nn.Module):
         self.dropout_p = config.attention_dropout
         self.use_sdpa = True  # False: the explicit softmax(QK^T/sqrt(d))V, kept to measure SDPA's worth
 
-    def forward(self, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attend: torch.Tensor, rotation: Rotation = None) -> torch.Tensor:
         batch, length, hidden = x.shape
         head_dim = hidden // self.heads
 
@@ -57,6 +85,8 @@ class SelfAttention(nn.Module):
             return t.view(batch, length, self.heads, head_dim).transpose(1, 2)
 
         q, k, v = split_heads(self.query(x)), split_heads(self.key(x)), split_heads(self.value(x))
+        if rotation is not None:  # rope: positions enter here, in both attention paths below
+            q, k = rotate(q, *rotation), rotate(k, *rotation)
         dropout_p = self.dropout_p if self.training else 0.0
         if self.use_sdpa:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=dropout_p)
@@ -106,12 +136,12 @@ class Layer(nn.Module):
         self.intermediate = Intermediate(config)
         self.output = Output(config)
 
-    def forward(self, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attend: torch.Tensor, rotation: Rotation = None) -> torch.Tensor:
         attn, ffn_in, ffn_out = self.attention.output, self.intermediate, self.output
         if self.pre_norm:
-            x = x + attn.dropout(attn.dense(self.attention.self(attn.LayerNorm(x), attend)))
+            x = x + attn.dropout(attn.dense(self.attention.self(attn.LayerNorm(x), attend, rotation)))
             return x + ffn_out.dropout(ffn_out.dense(F.gelu(ffn_in.dense(ffn_out.LayerNorm(x)))))
-        x = attn.LayerNorm(x + attn.dropout(attn.dense(self.attention.self(x, attend))))
+        x = attn.LayerNorm(x + attn.dropout(attn.dense(self.attention.self(x, attend, rotation))))
         return ffn_out.LayerNorm(x + ffn_out.dropout(ffn_out.dense(F.gelu(ffn_in.dense(x)))))
 
 
@@ -129,6 +159,7 @@ class Encoder(nn.Module):
         self.config = config
         self.embeddings = Embeddings(config, vocab_size, pad_id)
         self.encoder = LayerStack(config)
+        self.rotary = Rotary(config.hidden // config.heads, config.max_len) if config.rope else None
         # pre-norm stacks need a last LayerNorm; post-norm outputs are already normalised
         self.final_norm = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps) if config.norm == "pre" else None
 
@@ -137,8 +168,9 @@ class Encoder(nn.Module):
     ) -> torch.Tensor:
         attend = attention_mask[:, None, None, :]  # [B, 1, 1, L]: every query sees the real keys
         x = self.embeddings(input_ids, token_type_ids)
+        rotation = self.rotary(input_ids.shape[1]) if self.rotary is not None else None
         for layer in self.encoder.layer:
-            x = layer(x, attend)
+            x = layer(x, attend, rotation)
         return self.final_norm(x) if self.final_norm is not None else x
 
 

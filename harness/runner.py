@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 
 import harness
 from harness.checkpoint import Checkpointer
-from harness.config import RunConfig
+from harness.config import ModelConfig, RunConfig
 from harness.data.batches import PretrainingBatches
 from harness.data.cache import StageCache
 from harness.data.pipeline import PreparedData, prepare_data
@@ -76,8 +76,14 @@ def load_pretrained(run_dir: Path) -> tuple[RunConfig, PretrainingModel, Tokeniz
     return config, model, tokenizer, specials
 
 
-SHAPE_FIELDS = ("layers", "hidden", "heads", "ffn", "max_len", "token_types", "norm")
+SHAPE_FIELDS = ("layers", "hidden", "heads", "ffn", "max_len", "token_types", "norm", "positions")
 HEADS_OF_NSP = ("pooler.", "nsp_head.")
+
+
+def shape(model_config: ModelConfig, name: str) -> Any:
+    if name == "positions":
+        return model_config.positions or "learned"  # unset: learned, as before the field existed
+    return getattr(model_config, name)
 
 
 def start_from(model: PretrainingModel, source_dir: Path, config: RunConfig, log=print) -> None:
@@ -85,9 +91,9 @@ def start_from(model: PretrainingModel, source_dir: Path, config: RunConfig, log
     An NSP head the source lacks starts fresh; one this run does not use is left behind."""
     source_config, source_model, _, _ = load_pretrained(source_dir)
     differ = [
-        f"{name} {getattr(config.model, name)} here, {getattr(source_config.model, name)} in the checkpoint"
+        f"{name} {shape(config.model, name)} here, {shape(source_config.model, name)} in the checkpoint"
         for name in SHAPE_FIELDS
-        if getattr(config.model, name) != getattr(source_config.model, name)
+        if shape(config.model, name) != shape(source_config.model, name)
     ]
     if differ:
         raise ValueError(f"model.init_from {source_dir}: the model differs: {'; '.join(differ)}")

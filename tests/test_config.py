@@ -131,6 +131,7 @@ LEAF_CHANGES = [
     "model.layers=2",
     "model.dropout=0.2",
     "model.norm=pre",
+    "model.positions=rope",
     "data.tokenizer.vocab_size=2000",
     "data.tokenizer.kind=wordpiece",
     "data.format=doc_sentences",
@@ -186,6 +187,21 @@ def test_fields_added_later_leave_earlier_run_ids_unchanged():
     suite = load_suite(Path(__file__).resolve().parents[1] / "ablations" / "quickstart.yaml")
     ids = {(run.arm, run.seed): run.run_id for run in suite.runs}
     assert ids[("static", 0)] == "3015ff7fe1ff" and ids[("segment-pair", 2)] == "6abda371f3bd"
+
+
+def test_model_positions_leaves_earlier_run_ids_unchanged():
+    """Ids computed from these dicts before `model.positions` existed: unset, it means learned, as before."""
+    raw = {
+        "model": {"preset": "tiny", "norm": "pre"},
+        "data": {"corpus": {"source": "synthetic", "documents": 200}},
+        "train": {"tokens_per_step": 1024, "steps": 10, "seed": 3},
+    }
+    config = validate_run_config(raw, "x")
+    assert config.model.positions is None and not config.model.rope
+    assert config.run_id() == "ebd3f48cab72"
+    assert validate_run_config({"train": {"batch_size": 8, "steps": 1}}, "x").run_id() == "2d0e096e591b"
+    rope = validate_run_config({**raw, "model": {**raw["model"], "positions": "rope"}}, "x")
+    assert rope.model.rope and rope.run_id() != "ebd3f48cab72"
 
 
 def scaled_suite() -> dict:

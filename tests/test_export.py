@@ -160,6 +160,15 @@ def test_pre_norm_is_refused_by_name(tmp_path, capsys):
     assert not (tmp_path / "hf" / "config.json").exists()
 
 
+def test_rotary_positions_are_refused_by_name(tmp_path, capsys):
+    runs = train_suite(tmp_path, {"rope": {"model": {"positions": "rope"}}}, steps=2)
+    with pytest.raises(ExportError, match="model.positions = rope: transformers' BERT and RoBERTa use learned"):
+        export_run(runs["rope"], tmp_path / "hf")
+    assert main(["export", str(runs["rope"]), "--out", str(tmp_path / "hf")]) == 2
+    assert "model.positions = rope" in capsys.readouterr().err
+    assert not (tmp_path / "hf" / "config.json").exists()
+
+
 def test_pretraining_continues_from_an_imported_checkpoint(exported, tmp_path):
     _, hf_dir = exported["roberta"]
     start = import_hf(hf_dir, tmp_path / "imported", log=lambda *_: None)
@@ -192,3 +201,14 @@ def test_init_from_a_different_shape_is_refused(exported, tmp_path, capsys):
     path.write_text(yaml.safe_dump(suite))
     assert main(["run", str(path), "--out", str(tmp_path / "results"), "--no-progress", "--no-report"]) == 1
     assert "the model differs: hidden 128 here, 64 in the checkpoint" in capsys.readouterr().err
+
+
+def test_init_from_other_positions_is_refused(exported, tmp_path, capsys):
+    run_dir, _ = exported["roberta"]
+    suite = tiny_suite(arms={"rope": {"model": {"positions": "rope"}}})
+    suite["base"]["model"]["init_from"] = str(run_dir)
+    suite["base"]["train"]["steps"] = 2
+    path = tmp_path / "rope.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    assert main(["run", str(path), "--out", str(tmp_path / "results"), "--no-progress", "--no-report"]) == 1
+    assert "the model differs: positions rope here, learned in the checkpoint" in capsys.readouterr().err
