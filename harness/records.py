@@ -11,7 +11,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +45,23 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
+    """The non-blank lines of JSONL text with their 1-based line numbers, split on "\\n" only (a trailing
+    "\\r" dropped): str.splitlines would also split at U+0085, U+2028 and the like, which JSON strings may
+    hold unescaped."""
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
+        if line.strip():
+            yield number, line
+
+
 def read_jsonl(path: Path, on_bad_line: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """The JSON-object lines of a file (none when it does not exist). A line that does not parse (a
     crash cut it short) is skipped and, with `on_bad_line`, reported by its 1-based number."""
     if not path.is_file():
         return []
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, line in jsonl_lines(path.read_text(encoding="utf-8", errors="replace")):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
