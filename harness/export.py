@@ -25,7 +25,7 @@ from tokenizers import AddedToken, Tokenizer, processors
 
 from harness.config import ModelConfig
 from harness.model import PretrainingModel, plain_state_dict
-from harness.records import RunRecord
+from harness.records import RunRecord, plain_mode
 
 
 class ExportError(ValueError):
@@ -186,6 +186,8 @@ def export_run(run_dir: Path, out_dir: Path, log=print) -> Path:
     hf_tokenizer = _hf_tokenizer(tokenizer, pairs, kind == "byte_bpe", config.model.max_len)
     out_dir.mkdir(parents=True, exist_ok=True)
     hf_model.save_pretrained(out_dir, safe_serialization=True)
+    for weights in out_dir.glob("*.safetensors"):
+        plain_mode(weights)
     hf_tokenizer.save_pretrained(out_dir)
     (out_dir / "README.md").write_text(model_card(run_dir, target), encoding="utf-8")
     log(f"{run_dir} -> {out_dir} ({target}, {sum(p.numel() for p in hf_model.parameters()):,} parameters)")
@@ -284,6 +286,7 @@ def import_hf(hf_dir: Path, run_dir: Path, log=print) -> Path:
     from safetensors.torch import save_file
 
     save_file(plain_state_dict(model), str(checkpoint / "model.safetensors"))
+    plain_mode(checkpoint / "model.safetensors")
     tokenizer.save(str(checkpoint / "tokenizer.json"))
     record = RunRecord(run_dir)
     header = {"suite": "imported", "arm": hf_dir.name, "seed": 0, "run_id": run_dir.name, "imported_from": str(hf_dir)}

@@ -225,6 +225,34 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_step(tmp_path, monke
     assert got["heldout_loss"] == pytest.approx(ref["heldout_loss"], rel=1e-5)
 
 
+@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_records_checkpoints_and_cache_follow_the_umask(tmp_path, umask, file_mode, dir_mode):
+    """Temp-file writers (mkstemp, mkdtemp, safetensors) leave 0o600 / 0o700: a team sharing a results
+    directory could not read it. Every file and directory a run writes has open()'s mode instead."""
+    import harness.records
+
+    suite = tiny_suite(arms={"dynamic": {}})
+    suite["base"]["train"].update({"steps": 2, "log_every": 1})
+    path = write(tmp_path / "s.yaml", suite)
+    previous = os.umask(umask)
+    harness.records._umask.cache_clear()
+    try:
+        assert main(["run", str(path), "--out", str(tmp_path / "r"), "--no-progress", "--no-report"]) == 0
+        model = torch.nn.Linear(2, 2)  # a finished run keeps no training checkpoints: one written here
+        optimizer = torch.optim.AdamW(model.parameters())
+        assert Checkpointer(tmp_path / "r" / "checkpoints", every_steps=1).save(1, model, optimizer, {}) is not None
+    finally:
+        os.umask(previous)
+        harness.records._umask.cache_clear()
+    written = list((tmp_path / "r").rglob("*"))
+    names = {p.name for p in written}
+    assert {"config.json", "status.json", "summary.json", "suite.json", "model.safetensors", "tensors.safetensors",
+            "state.json", "tokens.npy"} <= names  # fmt: skip
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in written}
+    wrong = {p: mode for p, mode in modes.items() if mode != oct(dir_mode if (tmp_path / p).is_dir() else file_mode)}
+    assert not wrong
+
+
 def test_two_concurrent_runs_of_one_suite_train_each_run_once(tmp_path):
     suite = resume_suite(seeds=[0, 1])
     suite["arms"] = {"a": {}, "b": {"train": {"lr": 1e-3}}}
