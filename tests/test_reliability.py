@@ -281,6 +281,40 @@ def test_shards_cover_every_run_exactly_once(write_suite):
         assert max(map(len, shards)) - min(map(len, shards)) <= 1
 
 
+SLURM_ARRAY = Path(__file__).resolve().parents[1] / "ablations" / "slurm" / "suite-array.sh"
+
+
+def test_the_slurm_array_script_activates_the_venv_and_passes_out(tmp_path):
+    """The script as sbatch runs it, from a submit directory with a stand-in .venv whose `harness` notes
+    its arguments; `--dry-run` (passed through) lists the shard's runs and trains nothing."""
+    assert subprocess.run(["bash", "-n", str(SLURM_ARRAY)]).returncode == 0
+    submit = tmp_path / "repo"
+    (submit / "ablations").mkdir(parents=True)
+    write(submit / "ablations" / "s.yaml", tiny_suite())  # two arms, one seed: one run per shard of 2
+    for venv in (submit / ".venv", tmp_path / "elsewhere"):
+        (venv / "bin").mkdir(parents=True)
+        (venv / "bin" / "activate").write_text(f'export VIRTUAL_ENV="{venv}"\nexport PATH="{venv}/bin:$PATH"\n')
+        shim = venv / "bin" / "harness"
+        shim.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{venv}/args"\nexec "{sys.executable}" -m harness "$@"\n')
+        shim.chmod(0o755)
+
+    def sbatch(task: int, **variables: str) -> list[str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("VENV", "OUT")}
+        env.update(SLURM_SUBMIT_DIR=str(submit), SLURM_ARRAY_TASK_ID=str(task), SLURM_ARRAY_TASK_COUNT="2")
+        command = ["bash", str(SLURM_ARRAY), "ablations/s.yaml", "--dry-run"]
+        done = subprocess.run(command, cwd=tmp_path, env={**env, **variables}, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert f"shard {task}/2: 1 of them" in done.stdout and done.stdout.count("to run") == 1
+        return (Path(variables.get("VENV", submit / ".venv")) / "args").read_text().split()
+
+    # the defaults: the submit directory's .venv, and results/ there
+    assert sbatch(1) == ["run", "ablations/s.yaml", "--out", "results", "--shard", "1/2", "--no-report",
+                         "--no-progress", "--dry-run"]  # fmt: skip
+    args = sbatch(2, VENV=str(tmp_path / "elsewhere"), OUT=str(tmp_path / "shared-results"))
+    assert args[args.index("--out") + 1] == str(tmp_path / "shared-results") and "2/2" in args
+    assert not (submit / "results").exists() and not (tmp_path / "shared-results").exists()
+
+
 def test_bad_shards_and_incompatible_results_are_refused(write_suite, tmp_path, capsys):
     path = write_suite(tiny_suite())
     assert main(["run", str(path), "--shard", "3/2", "--out", str(tmp_path / "r")]) == 2
