@@ -5,13 +5,18 @@ BIN    := $(VENV)/bin
 # A bare `torch` requirement pulls the newest CUDA build (several GB); install the pinned build
 # first so the project's `torch>=` floor is already satisfied. Override on other machines.
 TORCH_SPEC ?= torch==2.13.0
+# Where TORCH_SPEC comes from: empty means pip's default index; set it for a build that lives on
+# its own index, e.g. CUDA 12.4 wheels:
+#   make quickstart TORCH_SPEC="torch==2.6.0" TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124
+TORCH_INDEX_URL ?=
 
 .PHONY: install quickstart test lint clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -c "import torch" 2>/dev/null || \
+		$(BIN)/python -m pip install -q $(if $(TORCH_INDEX_URL),--index-url "$(TORCH_INDEX_URL)" )"$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from harness.model import plain_state_dict
+from harness.records import plain_mode
 
 CHECKPOINT_FORMAT = 2  # 2: RNG states per rank
 TENSORS = "tensors.safetensors"
@@ -131,6 +132,7 @@ class Checkpointer:
                 shutil.rmtree(work)
             work.mkdir()
             save_file(tensors, str(work / TENSORS))
+            plain_mode(work / TENSORS)
             payload = {
                 "format": CHECKPOINT_FORMAT,
                 "step": step,

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, processors
+from tokenizers import AddedToken, Tokenizer, processors
 
 from harness.config import ModelConfig
 from harness.model import PretrainingModel, plain_state_dict
-from harness.records import RunRecord
+from harness.records import RunRecord, plain_mode
 
 
 class ExportError(ValueError):
@@ -134,16 +134,22 @@ def from_hf_state(state: dict[str, torch.Tensor], target: str, pad_id: int) -> d
     return out
 
 
-def _hf_tokenizer(tokenizer: Tokenizer, pairs: bool):
+def _hf_tokenizer(tokenizer: Tokenizer, pairs: bool, byte_level: bool, max_length: int):
     """A transformers fast tokenizer over our tokenizer, adding the specials as the model expects.
     The special-token names say which convention the tokenizer follows (byte-level and char BPE use
-    RoBERTa's `<s>`, WordPiece BERT's `[CLS]`); runs trained on pairs get segment ids."""
+    RoBERTa's `<s>`, WordPiece BERT's `[CLS]`); runs trained on pairs get segment ids. On byte-level
+    BPE `<mask>` takes the space before it, as RoBERTa's does: "the <mask> of" is 'Ġthe', '<mask>',
+    'Ġof', not 'Ġthe', 'Ġ', '<mask>'. `max_length` is the longest input the model's positions allow."""
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer.from_str(tokenizer.to_str())
     if tok.token_to_id("<s>") is not None:
+        mask: str | AddedToken = "<mask>"
+        if byte_level:
+            mask = AddedToken("<mask>", lstrip=True, rstrip=False, normalized=False, special=True)
+            tok.add_special_tokens([mask])  # an existing token: only its flags change
         names = {"bos_token": "<s>", "eos_token": "</s>", "cls_token": "<s>", "sep_token": "</s>",
-                 "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>"}  # fmt: skip
+                 "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": mask}  # fmt: skip
         cls, sep = "<s>", "</s>"
         # our pair layout: <s> A </s> </s> (segment 0), then B </s> (segment 1)
         pair = f"{cls} $A {sep} {sep} $B:1 {sep}:1" if pairs else f"{cls} $A {sep} {sep} $B {sep}"
@@ -160,7 +166,7 @@ def _hf_tokenizer(tokenizer: Tokenizer, pairs: bool):
         special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))],
     )  # fmt: skip
     inputs = ["input_ids", "token_type_ids", "attention_mask"] if pairs else ["input_ids", "attention_mask"]
-    return PreTrainedTokenizerFast(tokenizer_object=tok, model_input_names=inputs, **names)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_input_names=inputs, model_max_length=max_length, **names)
 
 
 def export_run(run_dir: Path, out_dir: Path, log=print) -> Path:
@@ -181,9 +187,13 @@ def export_run(run_dir: Path, out_dir: Path, log=print) -> Path:
     if missing or unexpected:
         raise ExportError(f"weights do not map onto {target}: missing {missing}, unexpected {unexpected}")
     pairs = config.data.format in ("segment_pair", "sentence_pair")
-    hf_tokenizer = _hf_tokenizer(tokenizer, pairs)  # before anything is written: no half exports
+    # before anything is written: no half exports. max_len, not max_position_embeddings: RoBERTa's
+    # table has pad_id + 1 extra rows below its first position (as roberta-base: 514 rows, 512 tokens)
+    hf_tokenizer = _hf_tokenizer(tokenizer, pairs, kind == "byte_bpe", config.model.max_len)
     out_dir.mkdir(parents=True, exist_ok=True)
     hf_model.save_pretrained(out_dir, safe_serialization=True)
+    for weights in out_dir.glob("*.safetensors"):
+        plain_mode(weights)
     hf_tokenizer.save_pretrained(out_dir)
     (out_dir / "README.md").write_text(model_card(run_dir, target), encoding="utf-8")
     log(f"{run_dir} -> {out_dir} ({target}, {sum(p.numel() for p in hf_model.parameters()):,} parameters)")
@@ -282,6 +292,7 @@ def import_hf(hf_dir: Path, run_dir: Path, log=print) -> Path:
     from safetensors.torch import save_file
 
     save_file(plain_state_dict(model), str(checkpoint / "model.safetensors"))
+    plain_mode(checkpoint / "model.safetensors")
     tokenizer.save(str(checkpoint / "tokenizer.json"))
     record = RunRecord(run_dir)
     header = {"suite": "imported", "arm": hf_dir.name, "seed": 0, "run_id": run_dir.name, "imported_from": str(hf_dir)}

@@ -6,17 +6,40 @@ version, never half a file. Reports are built from these records only.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
 STATES = ("pending", "running", "done", "failed", "diverged", "pruned")  # pruned: stopped early by a search
+
+
+@functools.cache
+def _umask() -> int:
+    """The process's umask, read once. Linux shows it in /proc without changing it; elsewhere it can
+    only be read by setting it, so it is set back at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().split("\n"):
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_mode(path: str | Path) -> None:
+    """Give a file or directory the mode a plain open() or mkdir() would (0o666 / 0o777 less the umask),
+    where a temp-file writer left 0o600 / 0o700 (tempfile.mkstemp, mkdtemp, safetensors' save_file):
+    a team sharing a results directory can then read every record and checkpoint in it."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
 
 
 def atomic_write_json(path: Path, payload: Any) -> None:
@@ -32,6 +55,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        plain_mode(tmp)  # before the rename: readers never see the file as 0o600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -45,15 +69,23 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
+    """The non-blank lines of JSONL text with their 1-based line numbers, split on "\\n" only (a trailing
+    "\\r" dropped): str.splitlines would also split at U+0085, U+2028 and the like, which JSON strings may
+    hold unescaped."""
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
+        if line.strip():
+            yield number, line
+
+
 def read_jsonl(path: Path, on_bad_line: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """The JSON-object lines of a file (none when it does not exist). A line that does not parse (a
     crash cut it short) is skipped and, with `on_bad_line`, reported by its 1-based number."""
     if not path.is_file():
         return []
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, line in jsonl_lines(path.read_text(encoding="utf-8", errors="replace")):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:

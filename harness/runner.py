@@ -28,7 +28,7 @@ from harness.data.tokenizer import SpecialTokens, special_tokens, unknown_token_
 from harness.distributed import NOT_DISTRIBUTED, Distributed
 from harness.evaluate import evaluate_downstream, fixed_mask_batches, flat_downstream_metrics, heldout_mlm
 from harness.model import PretrainingModel, plain_state_dict
-from harness.records import SCHEMA_VERSION, RunRecord, atomic_write_json
+from harness.records import SCHEMA_VERSION, RunRecord, atomic_write_json, plain_mode
 from harness.references import bits_per_byte, heldout_references
 from harness.suite import Run
 from harness.train import Diverged, RunGuards, planned_steps, train
@@ -260,6 +260,7 @@ def execute_run(
         checkpoint = run_dir / "checkpoint"
         checkpoint.mkdir(exist_ok=True)
         save_file(plain_state_dict(model), str(checkpoint / "model.safetensors"))
+        plain_mode(checkpoint / "model.safetensors")
         data.tokenizer.save(str(checkpoint / "tokenizer.json"))
 
         metrics = {

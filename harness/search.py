@@ -67,6 +67,8 @@ def open_storage(url: str, search: SearchSpec):
         )
     except (SQLAlchemyError, ImportError, OSError, ValueError) as err:
         detail = str(err).splitlines()[0]
+        if isinstance(err, ImportError) and url.startswith("postgresql"):
+            detail += " (the PostgreSQL driver: pip install -e '.[postgres]')"
         raise ConfigError("--storage", url, f"cannot open the study storage: {type(err).__name__}: {detail}") from None
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.data.synthetic import generate_document, generate_topic_task, make_world
+from harness.records import jsonl_lines
 
 
 class TaskDataError(Exception):
@@ -162,16 +163,27 @@ def _labels_to_array(raw: list[str], spec: TaskSpec, where: str) -> np.ndarray:
 
 
 # field names that hold a pair's two texts and its label in common JSON releases of these tasks
-_JSON_TEXT_A = ("sentence1", "premise", "text_a", "question", "sentence")
+_JSON_TEXT_A = ("sentence1", "premise", "text_a", "question", "sentence", "text")
 _JSON_TEXT_B = ("sentence2", "hypothesis", "text_b", "sentence")
 _JSON_LABEL = ("label", "gold_label")
+
+
+def _read_jsonl_rows(path: Path, spec: TaskSpec) -> list:
+    rows = []
+    for number, line in jsonl_lines(path.read_text(encoding="utf-8")):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise TaskDataError(
+                f"{spec.name}: {path}: line {number} is not valid JSON ({err.msg}, column {err.colno})"
+            ) from None
+    return rows
 
 
 def _read_json_rows(path: Path, spec: TaskSpec) -> tuple[list[str], list[str] | None, list[str]]:
     try:
         if path.suffix == ".jsonl":
-            lines = path.read_text(encoding="utf-8").splitlines()
-            rows = [json.loads(line) for line in lines if line.strip()]
+            rows = _read_jsonl_rows(path, spec)
         else:
             loaded = json.loads(path.read_text(encoding="utf-8"))
             rows = list(loaded.values()) if isinstance(loaded, dict) else loaded

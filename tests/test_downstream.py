@@ -220,6 +220,33 @@ def test_bad_task_files_fail_naming_the_file(tmp_path):
             "mnli": {"train": str(tmp_path / "missing.json"), "dev": str(odd)}}}})  # fmt: skip
 
 
+def test_jsonl_task_files_split_on_newlines_only_and_name_a_bad_line(tmp_path):
+    texts = ["plain", "a NEL\u0085inside", "a line separator\u2028inside", "a paragraph separator\u2029too"]
+    jsonl = tmp_path / "rows.jsonl"  # ensure_ascii=False: the separators stay raw, as in real JSONL releases
+    jsonl.write_text("".join(json.dumps({"sentence": t, "label": i % 2}, ensure_ascii=False) + "\r\n"
+                             for i, t in enumerate(texts)), encoding="utf-8")  # fmt: skip
+    data = load_task("sst2", None, 0, None, None, files=(str(jsonl), str(jsonl)))
+    assert data.train_a == texts and data.dev_labels.tolist() == [0, 1, 0, 1]
+
+    bad = tmp_path / "bad.jsonl"
+    lines = [json.dumps({"sentence": f"row {i}", "label": 0}) for i in range(1, 8)]
+    lines[5] = '{"sentence": "row 6", "label": 0'  # line 6 is cut short
+    bad.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(TaskDataError, match=r"bad\.jsonl: line 6 is not valid JSON"):
+        load_task("sst2", None, 0, None, None, files=(str(bad), str(jsonl)))
+
+
+SHARED_IMDB = SHARED_GLUE.parent / "imdb" / "train.jsonl"
+
+
+@pytest.mark.skipif(not SHARED_IMDB.is_file(), reason="../shared/data/imdb is not present")
+def test_local_imdb_jsonl_loads_every_row():
+    # the reviews hold raw U+0085: a split on every Unicode line break fails mid-string here
+    data = load_task("sst2", None, 0, None, None, files=(str(SHARED_IMDB), str(SHARED_IMDB)))
+    assert len(data.train_a) == len(data.dev_labels) == 25_000
+    assert np.bincount(data.train_labels).tolist() == [12_500, 12_500]
+
+
 SHARED_MNLI = SHARED_GLUE.parent / "mnli"
 
 

@@ -125,6 +125,22 @@ def test_fill_mask_pipeline_runs_on_the_export(exported, arm):
     assert "## Budget" in card and "8 steps" in card and "heldout_ppl" in card
 
 
+def test_roberta_export_mask_takes_the_space_before_it_and_the_length_is_the_models(exported):
+    _, hf_dir = exported["roberta"]
+    fill = transformers.pipeline("fill-mask", model=str(hf_dir), tokenizer=str(hf_dir), device="cpu")
+    tokenizer = fill.tokenizer
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer("the <mask> of the river")["input_ids"])
+    assert tokens[:3] == ["<s>", "Ġthe", "<mask>"], "no lone 'Ġ' before <mask>, as in RoBERTa's tokenizer"
+    for prediction in fill("the <mask> of the river"):
+        # the candidate sits where <mask> was: no doubled space (the leading one is add_prefix_space's)
+        assert prediction["sequence"] == " the" + prediction["token_str"] + " of the river"
+    # 64 positions (tiny_suite's max_len), though RoBERTa's table has pad_id + 1 rows more
+    assert tokenizer.model_max_length == 64
+    assert fill.model.config.max_position_embeddings == 64 + fill.model.config.pad_token_id + 1
+    bert = transformers.AutoTokenizer.from_pretrained(exported["bert"][1])
+    assert bert.model_max_length == 64
+
+
 @pytest.mark.parametrize("arm", ["roberta", "bert"])
 def test_import_then_export_reproduces_the_same_tensors(exported, tmp_path, arm):
     _, hf_dir = exported[arm]

@@ -225,6 +225,34 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_step(tmp_path, monke
     assert got["heldout_loss"] == pytest.approx(ref["heldout_loss"], rel=1e-5)
 
 
+@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_records_checkpoints_and_cache_follow_the_umask(tmp_path, umask, file_mode, dir_mode):
+    """Temp-file writers (mkstemp, mkdtemp, safetensors) leave 0o600 / 0o700: a team sharing a results
+    directory could not read it. Every file and directory a run writes has open()'s mode instead."""
+    import harness.records
+
+    suite = tiny_suite(arms={"dynamic": {}})
+    suite["base"]["train"].update({"steps": 2, "log_every": 1})
+    path = write(tmp_path / "s.yaml", suite)
+    previous = os.umask(umask)
+    harness.records._umask.cache_clear()
+    try:
+        assert main(["run", str(path), "--out", str(tmp_path / "r"), "--no-progress", "--no-report"]) == 0
+        model = torch.nn.Linear(2, 2)  # a finished run keeps no training checkpoints: one written here
+        optimizer = torch.optim.AdamW(model.parameters())
+        assert Checkpointer(tmp_path / "r" / "checkpoints", every_steps=1).save(1, model, optimizer, {}) is not None
+    finally:
+        os.umask(previous)
+        harness.records._umask.cache_clear()
+    written = list((tmp_path / "r").rglob("*"))
+    names = {p.name for p in written}
+    assert {"config.json", "status.json", "summary.json", "suite.json", "model.safetensors", "tensors.safetensors",
+            "state.json", "tokens.npy"} <= names  # fmt: skip
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in written}
+    wrong = {p: mode for p, mode in modes.items() if mode != oct(dir_mode if (tmp_path / p).is_dir() else file_mode)}
+    assert not wrong
+
+
 def test_two_concurrent_runs_of_one_suite_train_each_run_once(tmp_path):
     suite = resume_suite(seeds=[0, 1])
     suite["arms"] = {"a": {}, "b": {"train": {"lr": 1e-3}}}
@@ -251,6 +279,40 @@ def test_shards_cover_every_run_exactly_once(write_suite):
         ids = [run.run_id for shard in shards for run in shard]
         assert sorted(ids) == sorted(run.run_id for run in suite.runs)
         assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+SLURM_ARRAY = Path(__file__).resolve().parents[1] / "ablations" / "slurm" / "suite-array.sh"
+
+
+def test_the_slurm_array_script_activates_the_venv_and_passes_out(tmp_path):
+    """The script as sbatch runs it, from a submit directory with a stand-in .venv whose `harness` notes
+    its arguments; `--dry-run` (passed through) lists the shard's runs and trains nothing."""
+    assert subprocess.run(["bash", "-n", str(SLURM_ARRAY)]).returncode == 0
+    submit = tmp_path / "repo"
+    (submit / "ablations").mkdir(parents=True)
+    write(submit / "ablations" / "s.yaml", tiny_suite())  # two arms, one seed: one run per shard of 2
+    for venv in (submit / ".venv", tmp_path / "elsewhere"):
+        (venv / "bin").mkdir(parents=True)
+        (venv / "bin" / "activate").write_text(f'export VIRTUAL_ENV="{venv}"\nexport PATH="{venv}/bin:$PATH"\n')
+        shim = venv / "bin" / "harness"
+        shim.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{venv}/args"\nexec "{sys.executable}" -m harness "$@"\n')
+        shim.chmod(0o755)
+
+    def sbatch(task: int, **variables: str) -> list[str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("VENV", "OUT")}
+        env.update(SLURM_SUBMIT_DIR=str(submit), SLURM_ARRAY_TASK_ID=str(task), SLURM_ARRAY_TASK_COUNT="2")
+        command = ["bash", str(SLURM_ARRAY), "ablations/s.yaml", "--dry-run"]
+        done = subprocess.run(command, cwd=tmp_path, env={**env, **variables}, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert f"shard {task}/2: 1 of them" in done.stdout and done.stdout.count("to run") == 1
+        return (Path(variables.get("VENV", submit / ".venv")) / "args").read_text().split()
+
+    # the defaults: the submit directory's .venv, and results/ there
+    assert sbatch(1) == ["run", "ablations/s.yaml", "--out", "results", "--shard", "1/2", "--no-report",
+                         "--no-progress", "--dry-run"]  # fmt: skip
+    args = sbatch(2, VENV=str(tmp_path / "elsewhere"), OUT=str(tmp_path / "shared-results"))
+    assert args[args.index("--out") + 1] == str(tmp_path / "shared-results") and "2/2" in args
+    assert not (submit / "results").exists() and not (tmp_path / "shared-results").exists()
 
 
 def test_bad_shards_and_incompatible_results_are_refused(write_suite, tmp_path, capsys):

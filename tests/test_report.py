@@ -16,7 +16,7 @@ import yaml
 from harness.cli import main
 from harness.config import ConfigError
 from harness.paper import load_paper_tables, paper_deltas
-from harness.records import RunRecord
+from harness.records import RunRecord, read_jsonl
 from harness.report import build_report
 from harness.results import load_results, resolve_sources
 from harness.stats import compare_seeds, mean_interval
@@ -183,6 +183,15 @@ def test_html_is_self_contained(known_effects):
     assert all(link.startswith(("data:", "#")) for link in links), links
     assert "http://" not in page and "https://" not in page
     assert page.count("<img") == len(re.findall(r"!\[", (output.directory / "report.md").read_text()))
+
+
+def test_jsonl_records_split_on_newlines_only(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"note": "NEL\u0085here"}, {"note": "LS\u2028here"}, {"note": "plain"}]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:2]) + '{"cut\n' + json.dumps(rows[2])
+    path.write_text(text, encoding="utf-8")
+    bad = []
+    assert read_jsonl(path, bad.append) == rows and bad == [3]
 
 
 def test_partial_failed_and_corrupt_records_are_shown_not_dropped(tmp_path):

@@ -89,6 +89,14 @@ def test_an_unreachable_storage_is_an_error_before_any_trial(tmp_path, capsys):
     assert not list((tmp_path / "results").glob("t.search/*/config.json"))
 
 
+def test_a_missing_postgres_driver_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg2", None)  # `import psycopg2` raises ImportError
+    path = write(tmp_path, search_suite())
+    url = f"postgresql+psycopg2://nobody@127.0.0.1:{free_port()}/none"
+    assert main(["search", str(path), "--storage", url, "--out", str(tmp_path / "results")]) == 2
+    assert "pip install -e '.[postgres]'" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------- search
 
 

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from harness.records import plain_mode
+
 
 def stage_key(stage: str, inputs: dict[str, Any]) -> str:
     canonical = json.dumps({"stage": stage, **inputs}, sort_keys=True, separators=(",", ":"), default=str)
@@ -63,6 +65,7 @@ class StageCache:
         final.parent.mkdir(parents=True, exist_ok=True)
         # Build in a temp dir beside the target, then rename: a crash never leaves a half stage.
         work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
+        plain_mode(work)  # mkdtemp's 0o700 would hide the stage from others sharing the cache
         try:
             reset_peak_rss()
             started = time.perf_counter()
