@@ -116,8 +116,10 @@ def tail_rows(path: Path, size: int = 8192) -> list[dict[str, Any]]:
 def run_progress(run_dir: Path) -> str:
     """What a running run is doing, read from its record: starting, preparing data, step N/M, evaluating."""
     status = RunRecord(run_dir).status or {}
-    planned = status.get("planned_steps")
-    if status.get("state") != "running":
+    planned, state = status.get("planned_steps"), status.get("state")
+    if state in ("done", "failed", "diverged"):
+        return f"{state}, ending"
+    if state != "running":
         return "starting"
     if planned is None:
         return "preparing data"
@@ -225,14 +227,15 @@ def run_parallel(
     with _sigterm_as_interrupt():
         try:
             while queue or running:
+                for child in [c for c in running if c.process.poll() is not None]:
+                    running.remove(child)
+                    _collect(child, tally, board, done_line)
                 while queue and len(running) < slots:
                     child = _start(queue.pop(0), environment, where, tally, board)
                     if child is not None:
                         running.append(child)
-                for child in [c for c in running if c.process.poll() is not None]:
-                    running.remove(child)
-                    _collect(child, tally, board, done_line)
-                board.show(_status_lines(running, len(queue)))
+                if running:
+                    board.show(_status_lines(running, len(queue)))
                 time.sleep(POLL_S)
         except KeyboardInterrupt:
             tally.interrupted = True

@@ -69,6 +69,8 @@ def test_progress_is_read_from_the_run_record(tmp_path):
     assert run_progress(tmp_path) == "step 6/12, loss 5.432"
     record.append_metrics({"step": 12, "final": True, "heldout_loss": 5.8})
     assert run_progress(tmp_path) == "evaluating"
+    record.finish({"metrics": {}})
+    assert run_progress(tmp_path) == "done, ending"
 
 
 def test_status_goes_to_a_log_as_a_block_every_few_seconds(capsys):
