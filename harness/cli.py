@@ -468,6 +468,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_jobs(args: argparse.Namespace) -> int:
+    from harness.bench_jobs import CONDITIONS, bench_jobs, summarize_jobs
+
+    if args.jobs < 2 or args.rounds < 1:
+        raise ConfigError("--jobs", "jobs", "expected --jobs >= 2 and --rounds >= 1")
+    conditions = tuple(c.strip() for c in args.conditions.split(",") if c.strip())
+    if not conditions or any(c not in CONDITIONS for c in conditions):
+        raise ConfigError("--conditions", "conditions", f"expected some of {', '.join(CONDITIONS)}")
+    load_suite(args.suite, overrides=args.set or [], arms=args.arm)  # bad input fails here, not in a child
+    json_path = Path(args.json) if args.json else None
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    report = bench_jobs(args.suite, args.set or [], args.arm or [], args.jobs, args.rounds, conditions, json_path, log)
+    print(summarize_jobs(report))
+    if json_path:
+        print(f"written: {json_path}")
+    return 0
+
+
 def _interop(action, source: str, out: str) -> int:
     """export / import-hf: transformers is needed; a model that cannot be converted is bad input."""
 
@@ -665,6 +686,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--switches", action="store_true", help="also measure each fast-path switch off vs on")
     bench.add_argument("--json", help="write the full results here (results/bench/...)")
     bench.set_defaults(func=cmd_bench)
+    bench_kinds = bench.add_subparsers(dest="bench_kind", metavar="jobs")
+    jobs = bench_kinds.add_parser(
+        "jobs", help="a suite's wall time with run --jobs N vs --jobs 1, quiet and beside one busy process"
+    )
+    jobs.add_argument("suite", nargs="?", default="ablations/quickstart.yaml", help="default: the quickstart")
+    jobs.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config field")
+    jobs.add_argument("--arm", action="append", help="only this arm (repeatable)")
+    jobs.add_argument("--jobs", type=int, default=2, help="the parallel side (default 2)")
+    jobs.add_argument("--rounds", type=int, default=1, help="pairs per condition (default 1)")
+    jobs.add_argument("--conditions", default="quiet,busy", help="quiet, busy or both (default quiet,busy)")
+    jobs.add_argument("--json", help="write the results here (results/bench/jobs.json)")
+    jobs.set_defaults(func=cmd_bench_jobs)
 
     export = sub.add_parser("export", help="write a finished run as a Hugging Face transformers checkpoint")
     export.add_argument("run_dir", help="results/<suite>/<run-id>")

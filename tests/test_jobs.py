@@ -153,3 +153,20 @@ def test_ctrl_c_stops_every_child_and_records_its_run_as_failed(tmp_path):
     states = sorted((r.status["state"], bool(r.status.get("interrupted"))) for r in records(out).values())
     assert states == [("failed", True), ("failed", True), ("pending", False), ("pending", False)]
     assert not any(RunLock(record.dir).held_elsewhere() for record in records(out).values()), "no child left"
+
+
+def test_the_jobs_benchmark_pairs_the_two_sides_and_alternates_their_order(tmp_path):
+    from harness.bench_jobs import bench_jobs
+
+    calls = []
+
+    def fake_measure(suite, overrides, arms, jobs):
+        calls.append(jobs)
+        return {"jobs": jobs, "wall_s": 30.0 if jobs == 1 else 10.0, "runs": 2, "threads_per_run": [2 // jobs]}
+
+    report = bench_jobs("s.yaml", [], [], jobs=2, rounds=2, json_path=tmp_path / "jobs.json", log=lambda line: None,
+                        measure=fake_measure)  # fmt: skip
+    assert calls == [1, 2, 2, 1, 2, 1, 1, 2], "each condition alternates which side goes first"
+    assert [(p["condition"], p["speedup"]) for p in report["pairs"]] == [("quiet", 3.0), ("busy", 3.0)] * 2
+    assert report["median_speedup"] == {"quiet": 3.0, "busy": 3.0}
+    assert yaml.safe_load((tmp_path / "jobs.json").read_text()) == report
