@@ -222,6 +222,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # torchrun's processes on this machine share its cores too
     processes = jobs * int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     threads = threads_per_run(cores, processes, args.threads, thread_limit(os.environ))
+    if jobs == 1 and args.threads is None:  # nor more than torch chose by itself (e.g. physical cores only)
+        threads = min(threads, torch.get_num_threads())
     device = torch.device(f"cuda:{ranks.local_rank}" if device_type == "cuda" and ranks.enabled else device_type)
     if ranks.is_main:
         write_manifest(out_root / suite.name, suite, args.set or [])
