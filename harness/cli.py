@@ -14,6 +14,7 @@ from typing import Any
 
 from harness.config import ConfigError
 from harness.data.sources import DataSourceError
+from harness.jobs import LOG_NAME, Tally, set_torch_threads
 from harness.records import RunRecord, find_records
 from harness.suite import Suite, load_suite
 
@@ -105,11 +106,10 @@ def check_record_versions(suite: Suite, out_root: Path) -> None:
                 )
 
 
-def run_on_gpus(args: argparse.Namespace, gpus: list[str]) -> int:
-    """One `harness run` per GPU, each with its own shard of the suite, side by side."""
-    import subprocess
-
-    argv = [sys.executable, "-m", "harness", "run", args.suite, "--out", args.out, "--device", "cuda", "--no-report"]
+def child_run_argv(args: argparse.Namespace, device_type: str, *extra: str) -> list[str]:
+    """A `harness run` of this suite in another process, with this command's options."""
+    argv = [sys.executable, "-m", "harness", "run", args.suite, "--out", args.out, "--device", device_type]
+    argv.append("--no-report")
     for flag, value in (("--set", args.set), ("--arm", args.arm)):
         for item in value or []:
             argv += [flag, item]
@@ -119,18 +119,62 @@ def run_on_gpus(args: argparse.Namespace, gpus: list[str]) -> int:
         argv.append("--no-progress")
     if args.compile:
         argv.append("--compile")
+    return [*argv, *extra]
+
+
+def run_on_gpus(args: argparse.Namespace, gpus: list[str]) -> int:
+    """One `harness run` per GPU, each with its own shard of the suite, side by side."""
+    import subprocess
+
+    from harness.jobs import child_environment, threads_per_run, usable_cores
+
+    threads = threads_per_run(usable_cores(), len(gpus), args.threads)
     processes = []
     for position, gpu in enumerate(gpus, 1):
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
-        processes.append(subprocess.Popen([*argv, "--shard", f"{position}/{len(gpus)}"], env=env))
+        env = {**child_environment(os.environ, threads), "CUDA_VISIBLE_DEVICES": gpu}
+        argv = child_run_argv(args, "cuda", "--shard", f"{position}/{len(gpus)}", "--threads", str(threads))
+        processes.append(subprocess.Popen(argv, env=env))
     status = max(p.wait() for p in processes)
     if not args.no_report:
         _report_after_run(args, Path(args.out))
     return status
 
 
+def done_line(label: str, summary: dict[str, Any], headline: str) -> str:
+    value = summary.get("metrics", {}).get(headline, float("nan"))
+    return f"{label}: done in {summary.get('wall_s', 0):.0f}s, {headline} = {value:.4f}"
+
+
+def train_one(run, run_dir: Path, label: str, cache, device, options, progress: bool, headline: str) -> str:
+    """Train one run whose lock is held (by this process, or by the parent of a `--jobs` child):
+    "done", "diverged", "failed" (recorded, the suite goes on) or "interrupted"."""
+    from harness.runner import execute_run
+    from harness.train import Diverged
+
+    try:
+        summary = execute_run(run, run_dir, cache, device, progress=progress, options=options)
+    except KeyboardInterrupt:
+        print(f"{label}: interrupted; recorded as failed", file=sys.stderr)
+        return "interrupted"
+    except Diverged as err:
+        print(f"{label}: DIVERGED: {err}", file=sys.stderr)
+        return "diverged"
+    except Exception as err:  # a failed run is recorded; the suite goes on with the next one
+        print(f"{label}: FAILED: {type(err).__name__}: {err}", file=sys.stderr)
+        return "failed"
+    if summary is not None:
+        print(done_line(label, summary, headline))
+    return "done"
+
+
+def run_label(number: int, total: int, run) -> str:
+    return f"[{number}/{total}] {run.arm} seed={run.seed} ({run.run_id})"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite, overrides=args.set or [], arms=args.arm)
+    if args.only_run:
+        return _run_child(args, suite)
     shard = parse_shard(args.shard)
     out_root = Path(args.out)
     runs = shard_runs(suite.runs, shard)
@@ -148,36 +192,76 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"\n[{arm}] resolved config (seed varies):")
             print(json.dumps(arm_runs[0].config.model_dump(mode="json"), indent=2))
         return 0
+    for flag, value in (("--jobs", args.jobs), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise ConfigError(flag, flag[2:], f"expected a number >= 1, got {value}")
     check_record_versions(suite, out_root)
     if args.gpus:
+        if args.jobs is not None:
+            raise ConfigError("--jobs", "jobs", "--gpus already runs one process per GPU; give one or the other")
         return run_on_gpus(args, [g.strip() for g in args.gpus.split(",") if g.strip()])
 
     import torch  # imported late: `--dry-run` and bad-input errors stay fast
 
     from harness.data.cache import StageCache
     from harness.distributed import from_environment
-    from harness.records import RunLock
+    from harness.jobs import Job, default_jobs, run_parallel, thread_limit, threads_per_run, usable_cores
     from harness.results import write_manifest
-    from harness.runner import RunOptions, execute_run
+    from harness.runner import RunOptions
 
     check_task_data(suite)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device", "device", "cuda requested but no CUDA device is available")
     device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ranks = from_environment(device_type)
+    if ranks.enabled and (args.jobs or 1) > 1:
+        raise ConfigError("--jobs", "jobs", "under torchrun each run already spans several processes: use --jobs 1")
+    to_do = sum(not RunRecord(suite.run_dir(out_root, run)).is_done() for run in runs)
+    cores = usable_cores()
+    jobs = min(args.jobs or default_jobs(cores, to_do, device_type), max(1, to_do))
+    # torchrun's processes on this machine share its cores too
+    processes = jobs * int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads = threads_per_run(cores, processes, args.threads, thread_limit(os.environ))
+    if jobs == 1 and args.threads is None:  # nor more than torch chose by itself (e.g. physical cores only)
+        threads = min(threads, torch.get_num_threads())
     device = torch.device(f"cuda:{ranks.local_rank}" if device_type == "cuda" and ranks.enabled else device_type)
-    options = RunOptions(args.compile, args.checkpoint_every, args.keep_checkpoints, args.spike_factor, ranks)
-    cache = StageCache(out_root / "_cache")
     if ranks.is_main:
         write_manifest(out_root / suite.name, suite, args.set or [])
         for run in suite.runs:  # the whole suite is visible (`harness ls`) before the first run starts
             RunRecord(suite.run_dir(out_root, run)).register(run.header, run.config.model_dump(mode="json"))
-    skipped = trained = busy = 0
-    failed: list[str] = []
-    diverged: list[str] = []
+    headline = suite.spec.metrics[0]
+    where = f"{device}, {threads} thread(s)" if device_type == "cpu" else str(device)
+    if jobs > 1:
+        print(f"{jobs} runs at a time, {threads} thread(s) each ({cores} core(s) usable); "
+              f"each run's output in its {LOG_NAME}")  # fmt: skip
+        work = [
+            Job(run_label(n, total, run), run.run_id, suite.run_dir(out_root, run),
+                child_run_argv(args, device_type, "--only-run", run.run_id, "--threads", str(threads)))
+            for n, run in enumerate(runs, 1)
+        ]  # fmt: skip
+        tally = run_parallel(work, jobs, threads, where, lambda label, s: done_line(label, s, headline),
+                             progress=not args.no_progress)  # fmt: skip
+    else:
+        set_torch_threads(threads)
+        options = RunOptions(args.compile, args.checkpoint_every, args.keep_checkpoints, args.spike_factor, ranks)
+        tally = _run_sequentially(args, suite, runs, out_root, StageCache(out_root / "_cache"), device, options, where)
+    if tally.interrupted:
+        return 130
+    if not ranks.is_main:
+        return 0
+    return _end_of_run(args, suite, out_root, tally)
+
+
+def _run_sequentially(args, suite: Suite, runs: list, out_root: Path, cache, device, options, where: str) -> Tally:
+    """One run after another in this process (under torchrun, every rank takes part in each)."""
+    from harness.records import RunLock
+
+    ranks = options.distributed
+    headline = suite.spec.metrics[0]
+    tally = Tally()
     for number, run in enumerate(runs, 1):
         run_dir = suite.run_dir(out_root, run)
-        label = f"[{number}/{total}] {run.arm} seed={run.seed} ({run.run_id})"
+        label = run_label(number, len(runs), run)
         lock = RunLock(run_dir)
         decision = "train"
         if ranks.is_main:
@@ -192,50 +276,66 @@ def cmd_run(args: argparse.Namespace) -> int:
         if decision == "done":
             if ranks.is_main:
                 print(f"{label}: already done, skipped")
-            skipped += 1
+            tally.skipped += 1
             continue
         if decision == "busy":
             print(f"{label}: being trained by {lock.holder()}, skipped")
-            busy += 1
+            tally.busy += 1
             continue
         if ranks.is_main:
-            where = f"{ranks.world} processes" if ranks.enabled else str(device)
-            print(f"{label}: training on {where}")
+            print(f"{label}: training on {f'{ranks.world} processes' if ranks.enabled else where}")
         with lock:
-            try:
-                summary = execute_run(run, run_dir, cache, device, progress=not args.no_progress, options=options)
-            except KeyboardInterrupt:
-                print(f"{label}: interrupted; recorded as failed", file=sys.stderr)
-                return 130
-            except Exception as err:  # a failed run is recorded; the suite goes on with the next one
-                from harness.train import Diverged
+            outcome = train_one(run, run_dir, label, cache, device, options, not args.no_progress, headline)
+        if outcome == "interrupted":
+            tally.interrupted = True
+            break
+        if outcome == "done":
+            tally.trained += 1
+        else:
+            (tally.diverged if outcome == "diverged" else tally.failed).append(run.run_id)
+    return tally
 
-                if isinstance(err, Diverged):
-                    print(f"{label}: DIVERGED: {err}", file=sys.stderr)
-                    diverged.append(run.run_id)
-                else:
-                    print(f"{label}: FAILED: {type(err).__name__}: {err}", file=sys.stderr)
-                    failed.append(run.run_id)
-                continue
-        trained += 1
-        if summary is not None:
-            headline = suite.spec.metrics[0]
-            value = summary["metrics"].get(headline, float("nan"))
-            print(f"{label}: done in {summary['wall_s']:.0f}s, {headline} = {value:.4f}")
-    if not ranks.is_main:
-        return 0
-    if trained == 0 and not failed and not diverged and not busy:
-        print(f"all {skipped} run(s) were already done: nothing trained")
+
+def _run_child(args: argparse.Namespace, suite: Suite) -> int:
+    """`--only-run RUN_ID`: train that one run, whose lock the parent `harness run --jobs` holds and
+    shares with this process. Exit status 1 when it failed, 130 when interrupted."""
+    import torch
+
+    from harness.data.cache import StageCache
+    from harness.runner import RunOptions
+
+    found = [run for run in suite.runs if run.run_id == args.only_run]
+    if not found:
+        raise ConfigError("--only-run", "only_run", f"no run {args.only_run} in suite {suite.name}")
+    run, out_root = found[0], Path(args.out)
+    set_torch_threads(args.threads or 1)
+    device = torch.device(args.device or "cpu")
+    options = RunOptions(args.compile, args.checkpoint_every, args.keep_checkpoints, args.spike_factor)
+    print(f"{run.arm} seed={run.seed} ({run.run_id}): training on {device}, {torch.get_num_threads()} thread(s) "
+          f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})", flush=True)  # fmt: skip
+    cache, headline = StageCache(out_root / "_cache"), suite.spec.metrics[0]
+    outcome = train_one(
+        run, suite.run_dir(out_root, run), run.run_id, cache, device, options, not args.no_progress, headline
+    )
+    return {"done": 0, "diverged": 0, "failed": 1}.get(outcome, 130)
+
+
+def _end_of_run(args: argparse.Namespace, suite: Suite, out_root: Path, tally: Tally) -> int:
+    """The suite's table and report once every run has ended, then what did not go well; exit 1 when a run failed."""
+    if tally.trained == 0 and not tally.failed and not tally.diverged and not tally.busy:
+        print(f"all {tally.skipped} run(s) were already done: nothing trained")
     print()
     print(suite_table(suite, out_root))
     if not args.no_report:
         _report_after_run(args, out_root)
-    if diverged:
-        print(f"\n{len(diverged)} run(s) diverged: {', '.join(diverged)} (recorded; see status.json)", file=sys.stderr)
-    if busy:
-        print(f"\n{busy} run(s) were being trained by other processes", file=sys.stderr)
-    if failed:
-        print(f"\n{len(failed)} run(s) failed: {', '.join(failed)} (see status.json in each)", file=sys.stderr)
+    if tally.diverged:
+        print(f"\n{len(tally.diverged)} run(s) diverged: {', '.join(tally.diverged)} (recorded; see status.json)",
+              file=sys.stderr)  # fmt: skip
+    if tally.busy:
+        print(f"\n{tally.busy} run(s) were being trained by other processes", file=sys.stderr)
+    if tally.failed:
+        print(f"\n{len(tally.failed)} run(s) failed: {', '.join(tally.failed)} (see status.json in each)",
+              file=sys.stderr)  # fmt: skip
         return 1
     return 0
 
@@ -385,6 +485,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_jobs(args: argparse.Namespace) -> int:
+    from harness.bench_jobs import CONDITIONS, bench_jobs, summarize_jobs
+
+    if args.jobs < 2 or args.rounds < 1:
+        raise ConfigError("--jobs", "jobs", "expected --jobs >= 2 and --rounds >= 1")
+    conditions = tuple(c.strip() for c in args.conditions.split(",") if c.strip())
+    if not conditions or any(c not in CONDITIONS for c in conditions):
+        raise ConfigError("--conditions", "conditions", f"expected some of {', '.join(CONDITIONS)}")
+    load_suite(args.suite, overrides=args.set or [], arms=args.arm)  # bad input fails here, not in a child
+    json_path = Path(args.json) if args.json else None
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    report = bench_jobs(args.suite, args.set or [], args.arm or [], args.jobs, args.rounds, conditions, json_path, log)
+    print(summarize_jobs(report))
+    if json_path:
+        print(f"written: {json_path}")
+    return 0
+
+
 def _interop(action, source: str, out: str) -> int:
     """export / import-hf: transformers is needed; a model that cannot be converted is bad input."""
 
@@ -516,6 +637,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--shard", metavar="I/N", help="train only the I-th of N deterministic shards of the runs")
     run.add_argument("--gpus", help="comma-separated GPU ids: one process per GPU, each a shard of the runs")
+    run.add_argument(
+        "--jobs",
+        type=int,
+        help="runs trained at once, each in its own process (default: on a CPU one per usable core, "
+        "at most the runs to do; on CUDA 1)",
+    )
+    run.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads per run (default: usable cores // jobs, at most OMP_NUM_THREADS when set)",
+    )
+    run.add_argument("--only-run", help=argparse.SUPPRESS)  # a `--jobs` child: this run, its lock held by the parent
     run.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default 200)")
     run.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept per run (default 2)")
     run.add_argument(
@@ -570,6 +703,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--switches", action="store_true", help="also measure each fast-path switch off vs on")
     bench.add_argument("--json", help="write the full results here (results/bench/...)")
     bench.set_defaults(func=cmd_bench)
+    bench_kinds = bench.add_subparsers(dest="bench_kind", metavar="jobs")
+    jobs = bench_kinds.add_parser(
+        "jobs", help="a suite's wall time with run --jobs N vs --jobs 1, quiet and beside one busy process"
+    )
+    jobs.add_argument("suite", nargs="?", default="ablations/quickstart.yaml", help="default: the quickstart")
+    jobs.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config field")
+    jobs.add_argument("--arm", action="append", help="only this arm (repeatable)")
+    jobs.add_argument("--jobs", type=int, default=2, help="the parallel side (default 2)")
+    jobs.add_argument("--rounds", type=int, default=1, help="pairs per condition (default 1)")
+    jobs.add_argument("--conditions", default="quiet,busy", help="quiet, busy or both (default quiet,busy)")
+    jobs.add_argument("--json", help="write the results here (results/bench/jobs.json)")
+    jobs.set_defaults(func=cmd_bench_jobs)
 
     export = sub.add_parser("export", help="write a finished run as a Hugging Face transformers checkpoint")
     export.add_argument("run_dir", help="results/<suite>/<run-id>")

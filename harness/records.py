@@ -149,6 +149,14 @@ class RunRecord:
             {"schema_version": SCHEMA_VERSION, "state": state, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra},
         )
 
+    def update_status(self, **extra: Any) -> None:
+        """Add fields to the current status (same state), e.g. the planned steps once they are known."""
+        status = self.status or {}
+        state = status.pop("state", "running")
+        status.pop("schema_version", None)
+        status.pop("time", None)
+        self.set_status(state, **{**status, **extra})
+
     def append_metrics(self, row: dict[str, Any]) -> None:
         with (self.dir / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -188,6 +196,12 @@ class RunLock:
         handle.flush()
         self._file = handle
         return True
+
+    def fileno(self) -> int:
+        """The locked file's descriptor: a child process that inherits it holds the lock too, until
+        both have closed it (`harness run --jobs` trains each run in such a child)."""
+        assert self._file is not None, "the lock is not held"
+        return self._file.fileno()
 
     def holder(self) -> str:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import platform
 import shutil
 import subprocess
@@ -225,6 +226,8 @@ def execute_run(
         )
         steps = planned_steps(train_cfg, batches.mean_tokens_per_step)
         log(describe_plan(data, batches, steps, run))
+        if record is not None:  # for progress shown by another process (`harness run --jobs`)
+            record.update_status(planned_steps=steps)
 
         torch.manual_seed(train_cfg.seed)
         model = PretrainingModel(config.model, data.vocab_size, data.specials.pad, nsp=config.data.nsp)
@@ -292,6 +295,8 @@ def execute_run(
                 "python": platform.python_version(),
                 "code": code_version(),
                 "threads": torch.get_num_threads(),
+                "interop_threads": torch.get_num_interop_threads(),
+                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                 "compile": options.compile_model,
                 "world_size": ranks.world,
             },

@@ -185,7 +185,8 @@ def test_nan_marks_the_run_diverged_and_the_next_run_trains(tmp_path, monkeypatc
     suite["base"]["train"]["micro_batch_size"] = 64  # one forward per step: the 5th forward is step 5
     suite["arms"] = {"first": {}, "second": {"train": {"lr": 1e-3}}}
     path = write(tmp_path / "s.yaml", suite)
-    assert main(["run", str(path), "--out", str(tmp_path / "r"), "--no-progress", "--no-report"]) == 0
+    args = ["run", str(path), "--out", str(tmp_path / "r"), "--no-progress", "--no-report", "--jobs", "1"]
+    assert main(args) == 0  # --jobs 1: the patched trainer is this process's
     states = {}
     for directory in (tmp_path / "r" / "t").iterdir():
         if directory.is_dir():

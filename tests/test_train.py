@@ -188,14 +188,16 @@ def test_ls_lists_runs_with_status_and_headline(finished_suite, capsys):
     assert printed.count(" done ") == 2 and "heldout_ppl=" in printed
 
 
-def test_a_failing_run_is_recorded_and_the_suite_goes_on(tmp_path):
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_failing_run_is_recorded_and_the_suite_goes_on(tmp_path, jobs):
     suite = tiny_suite()
     suite["arms"]["offline"] = {"data": {"corpus": {"source": "hub", "name": "no/such-dataset"}}}
     path = tmp_path / "s.yaml"
     path.write_text(json.dumps(suite))
     # a subprocess: `datasets` reads the offline switch when first imported
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    command = [sys.executable, "-m", "harness", "run", str(path), "--out", str(tmp_path / "r"), "--no-progress"]
+    command = [sys.executable, "-m", "harness", "run", str(path), "--out", str(tmp_path / "r"), "--no-progress",
+               "--jobs", jobs]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 1, done.stdout + done.stderr
     states = {}
@@ -207,6 +209,7 @@ def test_a_failing_run_is_recorded_and_the_suite_goes_on(tmp_path):
     assert states["dynamic"]["state"] == states["static"]["state"] == "done"
     assert states["offline"]["state"] == "failed"
     assert "could not load hub dataset 'no/such-dataset'" in states["offline"]["error"]
+    assert "offline seed=0" in done.stderr and ": FAILED: DataSourceError: could not load" in done.stderr
     assert "1 run(s) failed" in done.stderr
 
 
@@ -219,8 +222,8 @@ def test_every_run_is_pending_before_the_first_one_trains(write_suite, tmp_path,
         states_seen.append(sorted(RunRecord(p).status["state"] for p in (out / "t").iterdir() if p.is_dir()))
         raise RuntimeError("stopped by the test")
 
-    monkeypatch.setattr("harness.runner.execute_run", stop_at_once)
-    assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 1
+    monkeypatch.setattr("harness.runner.execute_run", stop_at_once)  # in this process: --jobs 1
+    assert main(["run", str(path), "--out", str(out), "--no-progress", "--jobs", "1"]) == 1
     assert states_seen[0] == ["pending"] * 4
     assert main(["ls", str(out)]) == 0
     assert capsys.readouterr().out.count(" pending ") == 4

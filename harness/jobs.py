@@ -1,0 +1,354 @@
+"""Several runs of a suite at once on one machine: `harness run --jobs N`.
+
+Each run trains in a child process of its own, `python -m harness run SUITE --only-run RUN_ID`,
+with its share of the cores. On a small CPU machine extra torch threads wait for a core by
+spinning: a run with 2 threads beside one other busy process measured 5-20x slower than with 1
+(PERF-NOTES.md), so small models train best one thread per run, several runs at once. The thread
+count is fixed before torch starts: OMP_NUM_THREADS and MKL_NUM_THREADS in the child's environment,
+then torch.set_num_threads in the child. A run's numbers depend on its config, seed and thread
+count only, so N jobs give the records of one job at the same threads per run.
+
+The parent takes each run's lock and hands it to the child (an inherited descriptor: the kernel
+keeps the lock while either holds it), keeps at most N children going, shows every running run from
+the status.json and metrics.jsonl it writes, and reads each outcome from status.json, so a run is
+recorded exactly as a sequential `harness run` records it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.records import RunLock, RunRecord
+
+LOG_NAME = "output.log"  # a child's stdout and stderr, in its run directory
+POLL_S = 0.25  # how often the parent looks for finished children
+LIVE_EVERY_S = 2.0  # status redrawn in place on a terminal
+PLAIN_EVERY_S = 20.0  # status as a block of lines in a log file
+STOP_WAIT_S = 60.0  # after Ctrl-C, time the children get to record themselves as interrupted
+
+
+# ------------------------------------------------------------------------------ threads
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a container's or taskset's share)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # a platform without affinity
+        return os.cpu_count() or 1
+
+
+def thread_limit(environ: Mapping[str, str]) -> int | None:
+    """OMP_NUM_THREADS when set to a positive number: an upper bound the user chose."""
+    value = environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def default_jobs(cores: int, runs_to_do: int, device_type: str) -> int:
+    """Runs at once without --jobs: one per core on a CPU, one on CUDA; never more than the runs to do."""
+    if device_type != "cpu":
+        return 1
+    return max(1, min(cores, runs_to_do))
+
+
+def threads_per_run(cores: int, processes: int, requested: int | None = None, limit: int | None = None) -> int:
+    """Torch threads for each of `processes` runs side by side on `cores` cores: an even share, at
+    least one, or `requested` (--threads). A `limit` (OMP_NUM_THREADS) lowers the share; nothing
+    raises a run above the cores it may use."""
+    threads = requested or max(1, cores // max(1, processes))
+    if limit and not requested:
+        threads = min(threads, limit)
+    return max(1, min(threads, cores))
+
+
+def set_torch_threads(threads: int) -> None:
+    """This process's torch intra- and inter-op threads (the inter-op count can be set only once
+    per process; a second run in the same process keeps the first)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:
+        pass
+
+
+def child_environment(environ: Mapping[str, str], threads: int) -> dict[str, str]:
+    """The environment of a child run: OpenMP and MKL read their thread counts when torch loads."""
+    return {**environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+# ------------------------------------------------------------------------------ progress
+
+
+def tail_rows(path: Path, size: int = 8192) -> list[dict[str, Any]]:
+    """The JSON rows at the end of a growing file: only the last `size` bytes are read."""
+    try:
+        with path.open("rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            f.seek(max(0, end - size))
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    rows = []
+    for line in lines[1:] if end > size else lines:  # the first line read may be cut
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def run_progress(run_dir: Path) -> str:
+    """What a running run is doing, read from its record: starting, preparing data, step N/M, evaluating."""
+    status = RunRecord(run_dir).status or {}
+    planned, state = status.get("planned_steps"), status.get("state")
+    if state in ("done", "failed", "diverged"):
+        return f"{state}, ending"
+    if state != "running":
+        return "starting"
+    if planned is None:
+        return "preparing data"
+    rows = tail_rows(run_dir / "metrics.jsonl")
+    if any(row.get("final") for row in rows):
+        return "evaluating"
+    step = max((row.get("step", 0) for row in rows), default=status.get("resumed_from_step", 0))
+    losses = [row["train_loss"] for row in rows if "train_loss" in row]
+    return f"step {step}/{planned}" + (f", loss {losses[-1]:.3f}" if losses else "")
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+class Board:
+    """Event lines on stdout, and the running runs on stderr: redrawn in place on a terminal, a
+    block every PLAIN_EVERY_S seconds in a log file, nothing with `enabled` off."""
+
+    def __init__(self, enabled: bool, live: bool | None = None, clock: Callable[[], float] = time.monotonic):
+        self.live = enabled and (sys.stderr.isatty() if live is None else live)
+        self.enabled = enabled
+        self.every = LIVE_EVERY_S if self.live else PLAIN_EVERY_S
+        self.clock = clock
+        self.last = clock()
+        self.drawn = 0
+
+    def event(self, line: str, error: bool = False) -> None:
+        self._clear()
+        print(line, file=sys.stderr if error else sys.stdout, flush=True)
+        if self.live:
+            self.last = float("-inf")  # redraw at the next call to show
+
+    def show(self, lines: list[str]) -> None:
+        now = self.clock()
+        if not self.enabled or not lines or now - self.last < self.every:
+            return
+        self.last = now
+        self._clear()
+        if self.live:  # a wrapped line would break the redraw
+            width = shutil.get_terminal_size().columns - 1
+            lines = [line[:width] for line in lines]
+            self.drawn = len(lines)
+        sys.stdout.flush()
+        sys.stderr.write("\n".join(lines) + "\n")
+        sys.stderr.flush()
+
+    def _clear(self) -> None:
+        if self.drawn:
+            sys.stderr.write(f"\x1b[{self.drawn}F\x1b[J")  # up to the block's first line, erase below
+            sys.stderr.flush()
+            self.drawn = 0
+
+
+# ------------------------------------------------------------------------------ the pool
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run to train in a child: its label for messages, its directory and the child's command."""
+
+    label: str
+    run_id: str
+    run_dir: Path
+    argv: list[str]
+
+
+@dataclass
+class Tally:
+    """What a `harness run` did, sequential or parallel: the exit status and summary lines come from it."""
+
+    skipped: int = 0
+    trained: int = 0
+    busy: int = 0
+    failed: list[str] = field(default_factory=list)
+    diverged: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+
+@dataclass
+class _Child:
+    job: Job
+    lock: RunLock
+    process: subprocess.Popen
+    started: float
+
+
+def run_parallel(
+    jobs: list[Job],
+    slots: int,
+    threads: int,
+    where: str,
+    done_line: Callable[[str, dict[str, Any]], str],
+    progress: bool = True,
+) -> Tally:
+    """Train `jobs` in at most `slots` children at once, each with `threads` threads. A run already
+    done or locked by another process is skipped, as in sequential mode; Ctrl-C (or SIGTERM) stops
+    every child, which records its run as failed (interrupted)."""
+    tally = Tally()
+    board = Board(progress)
+    queue = list(jobs)
+    running: list[_Child] = []
+    environment = child_environment(os.environ, threads)
+    with _sigterm_as_interrupt():
+        try:
+            while queue or running:
+                for child in [c for c in running if c.process.poll() is not None]:
+                    running.remove(child)
+                    _collect(child, tally, board, done_line)
+                while queue and len(running) < slots:
+                    child = _start(queue.pop(0), environment, where, tally, board)
+                    if child is not None:
+                        running.append(child)
+                if running:
+                    board.show(_status_lines(running, len(queue)))
+                time.sleep(POLL_S)
+        except KeyboardInterrupt:
+            tally.interrupted = True
+            _stop(running, board)
+    return tally
+
+
+def _status_lines(running: list[_Child], waiting: int) -> list[str]:
+    now = time.monotonic()
+    head = f"{len(running)} running" + (f", {waiting} waiting" if waiting else "") + ":"
+    return [head] + [f"  {c.job.label}: {run_progress(c.job.run_dir)} ({_duration(now - c.started)})" for c in running]
+
+
+def _start(job: Job, environment: dict[str, str], where: str, tally: Tally, board: Board) -> _Child | None:
+    record, lock = RunRecord(job.run_dir), RunLock(job.run_dir)
+    if record.is_done():
+        board.event(f"{job.label}: already done, skipped")
+        tally.skipped += 1
+        return None
+    if not lock.acquire():
+        board.event(f"{job.label}: being trained by {lock.holder()}, skipped")
+        tally.busy += 1
+        return None
+    if record.is_done():  # finished by another process just before we locked it
+        lock.release()
+        board.event(f"{job.label}: already done, skipped")
+        tally.skipped += 1
+        return None
+    board.event(f"{job.label}: training on {where}")
+    try:
+        with (job.run_dir / LOG_NAME).open("a") as log:
+            log.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S%z')} {' '.join(job.argv)}\n")
+            log.flush()
+            process = subprocess.Popen(
+                job.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environment,
+                pass_fds=(lock.fileno(),),  # the child holds the run's lock with us, and alone if we die
+                start_new_session=True,  # Ctrl-C reaches the parent alone, which stops the children once
+            )
+    except BaseException:
+        lock.release()
+        raise
+    return _Child(job, lock, process, time.monotonic())
+
+
+def _collect(child: _Child, tally: Tally, board: Board, done_line: Callable[[str, dict[str, Any]], str]) -> None:
+    """A finished child's outcome, read from its run's record."""
+    child.lock.release()
+    job, code = child.job, child.process.returncode
+    record = RunRecord(job.run_dir)
+    status = record.status or {}
+    if record.is_done():
+        tally.trained += 1
+        board.event(done_line(job.label, record.summary or {}))
+        return
+    if status.get("state") == "diverged":
+        tally.diverged.append(job.run_id)
+        board.event(f"{job.label}: DIVERGED: {status.get('error', '')}", error=True)
+        return
+    if status.get("state") != "failed":  # it died before it could record anything (killed, out of memory)
+        how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        record.set_status("failed", error=f"its process {how} without recording a result")
+        status = record.status or {}
+    tally.failed.append(job.run_id)
+    board.event(f"{job.label}: FAILED: {status.get('error', '')} (log: {job.run_dir / LOG_NAME})", error=True)
+
+
+def _signal(child: _Child, number: int) -> None:
+    try:
+        os.killpg(child.process.pid, number)  # the child's own session: it and anything it started
+    except ProcessLookupError:
+        pass
+
+
+def _stop(running: list[_Child], board: Board) -> None:
+    """Ctrl-C: each child is interrupted and records its run as failed; one that does not end within
+    STOP_WAIT_S (or at a second Ctrl-C) is killed."""
+    for child in running:
+        _signal(child, signal.SIGINT)
+    deadline = time.monotonic() + STOP_WAIT_S
+    try:
+        for child in running:
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal(child, signal.SIGKILL)
+    except KeyboardInterrupt:
+        for child in running:
+            _signal(child, signal.SIGKILL)
+    for child in running:
+        child.process.wait()
+        child.lock.release()
+        record = RunRecord(child.job.run_dir)
+        if (record.status or {}).get("state") == "running":  # killed before it recorded the interruption
+            record.set_status("failed", error="KeyboardInterrupt: killed", interrupted=True)
+        board.event(f"{child.job.label}: interrupted; recorded as failed", error=True)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the children as Ctrl-C does, rather than leaving them to run on alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
