@@ -43,25 +43,22 @@ def floor_flags(row: pd.Series) -> str:
 
 
 def matrix_cell(row: pd.Series) -> tuple[str, str]:
-    """(text, HTML class) of one verdict-matrix cell."""
+    """(text, HTML class) of one verdict-matrix cell: the verdict first, then the difference with
+    its interval, floors, and the paper's direction."""
     verdict = row["verdict"]
     if verdict == "not comparable":
         return f"not comparable: {row['reason']}", "untested"
-    parts = []
-    if not is_missing(row["diff"]):
-        parts.append(f"{fmt_num(row['diff'], True)} {_interval(row['ci_low'], row['ci_high'])}")
     if row["winner"]:
-        parts.append(f"**{verdict}** (p_Holm {fmt_p(row['p_holm'])})")
+        parts = [f"**{verdict}** (p_Holm {fmt_p(row['p_holm'])})"]
         css = "disagree" if row["agrees_with_paper"] == "disagree" else "better"
     elif verdict == NO_DIFFERENCE:
-        parts.append(f"{verdict} (MDE ±{fmt_num(row['mde'])})")
-        css = "none"
+        parts, css = [f"{verdict} (MDE ±{fmt_num(row['mde'])})"], "none"
     elif verdict == BOTH_AT_FLOOR:
-        parts.append(verdict)
-        css = "floor"
+        parts, css = [verdict], "floor"
     else:
-        parts.append(f"{verdict}: {row['reason']}")
-        css = "untested"
+        parts, css = [f"{verdict}: {row['reason']}"], "untested"
+    if not is_missing(row["diff"]):
+        parts.append(f"{fmt_num(row['diff'], True)} {_interval(row['ci_low'], row['ci_high'])}")
     flags = floor_flags(row)
     if flags and verdict != BOTH_AT_FLOOR:
         parts.append(flags)
