@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 #   make quickstart TORCH_SPEC="torch==2.6.0" TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124
 TORCH_INDEX_URL ?=
 
-.PHONY: install quickstart test lint clean
+.PHONY: install quickstart cpu-recipe test lint clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ install: $(BIN)/.installed
 
 quickstart: install
 	$(BIN)/harness run ablations/quickstart.yaml
+
+# The cpu recipe against the paper's tiny setting on the Wikipedia articles of ../shared/data: two
+# runs at a time, one thread each, then their held-out curves as results/bench/cpu-recipe.json.
+cpu-recipe: install
+	$(BIN)/harness run ablations/cpu-recipe.yaml --jobs 2 --threads 1
+	$(BIN)/harness curves results/cpu-recipe --out results/bench/cpu-recipe.json
 
 lint: install
 	$(BIN)/ruff check harness tests

@@ -382,6 +382,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_curves(args: argparse.Namespace) -> int:
+    from harness.curves import describe, write_curves
+
+    for directory in args.dirs:
+        if not Path(directory).is_dir():
+            raise ConfigError(directory, "", "not a results directory")
+    document = write_curves([Path(d) for d in args.dirs], Path(args.out))
+    if not document["runs"]:
+        print(f"error: no finished runs under {', '.join(args.dirs)}", file=sys.stderr)
+        return 2
+    print(describe(document))
+    print(f"written: {args.out}")
+    return 0
+
+
 def cmd_references(args: argparse.Namespace) -> int:
     from harness.data.cache import StageCache
     from harness.runner import fill_references
@@ -741,6 +756,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="Markdown file whose marked comparisons block is rewritten (created if absent)"
     )
     index.set_defaults(func=cmd_index)
+
+    curves = sub.add_parser("curves", help="held-out learning curves of finished runs as one JSON file")
+    curves.add_argument("dirs", nargs="+", help="suite results directories")
+    curves.add_argument("--out", required=True, help="JSON file to write, e.g. results/bench/cpu-recipe.json")
+    curves.set_defaults(func=cmd_curves)
 
     refs = sub.add_parser(
         "references", help="add the held-out unigram floor and byte counts to finished runs recorded without them"

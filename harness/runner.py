@@ -255,7 +255,8 @@ def execute_run(
         if record is None:
             return None  # not rank 0: training was this process's share
         heldout = evaluate_heldout()
-        record.append_metrics({"step": result.steps, "tokens": result.tokens_seen, "final": True, **heldout})
+        record.append_metrics({"step": result.steps, "tokens": result.tokens_seen, "train_s": round(result.train_s, 2),
+                               "final": True, **heldout})  # fmt: skip
         downstream = evaluate_downstream(
             model, config, data.tokenizer, data.specials, device, run_dir / "predictions", log=log
         )

@@ -169,6 +169,7 @@ class TrainResult:
     sequences_seen: int
     train_loss: float  # mean MLM loss over the last 10% of steps
     wall_s: float  # of this attempt
+    train_s: float  # of this attempt, held-out evaluations left out
     tokens_this_attempt: int = 0  # tokens_seen less what a checkpoint had already counted
     resumed_from_step: int = 0
 
@@ -231,6 +232,7 @@ def train(
     try:  # the prefetch thread stops however training ends
         window_tokens, window_start = 0, time.perf_counter()
         start = time.perf_counter()
+        eval_s = 0.0
         # a live bar on a terminal; in a log file, a plain line every PLAIN_PROGRESS_S seconds instead
         live = progress and sys.stderr.isatty() and main
         bar = tqdm(total=total_steps, initial=first_step, disable=not live, file=sys.stderr, leave=False,
@@ -316,7 +318,11 @@ def train(
             ):
                 if main:
                     model.eval()
-                    log({"step": step + 1, "tokens": tokens_seen, **evaluate()})
+                    evaluating = time.perf_counter()
+                    # train_s: this attempt's seconds of training so far, evaluations left out
+                    train_s = round(evaluating - start - eval_s, 2)
+                    log({"step": step + 1, "tokens": tokens_seen, "train_s": train_s, **evaluate()})
+                    eval_s += time.perf_counter() - evaluating
                     model.train()
                 ranks.barrier()
             if guards.checkpointer is not None and guards.checkpointer.due(step + 1, total_steps):
@@ -346,6 +352,7 @@ def train(
             sequences_seen=sequences_seen,
             train_loss=sum(tail) / len(tail) if tail else math.nan,
             wall_s=time.perf_counter() - start,
+            train_s=time.perf_counter() - start - eval_s,
             tokens_this_attempt=tokens_seen - restored_tokens,
             resumed_from_step=first_step,
         )
