@@ -120,8 +120,13 @@ def bench_jobs(
                     f"({measured['runs']} runs, {measured['threads_per_run']} thread(s) per run)")  # fmt: skip
             speedup = walls[1] / walls[jobs]
             report["pairs"].append(
-                {"round": round_number, "condition": condition, "sequential_s": walls[1], "parallel_s": walls[jobs],
-                 "speedup": round(speedup, 3)}  # fmt: skip
+                {
+                    "round": round_number,
+                    "condition": condition,
+                    "sequential_s": walls[1],
+                    "parallel_s": walls[jobs],
+                    "speedup": round(speedup, 3),
+                }  # fmt: skip
             )
             report["median_speedup"] = {
                 c: round(statistics.median(p["speedup"] for p in report["pairs"] if p["condition"] == c), 3)
