@@ -476,6 +476,8 @@ def _check_per_token_metrics(spec: SuiteSpec, source: str, runs: list[Run]) -> N
         tok = run.config.data.tokenizer
         tokenizers[run.arm] = " ".join(str(v) for v in (tok.kind, tok.vocab_size, tok.file) if v is not None)
     for comparison in spec.comparison_list():
+        if comparison.arm not in tokenizers or comparison.baseline not in tokenizers:
+            continue  # an arm left out with --arm: nothing of it runs here
         for metric in spec.metrics:
             refusal = per_token_refusal(metric, comparison.arm, tokenizers[comparison.arm], comparison.baseline,
                                         tokenizers[comparison.baseline])  # fmt: skip

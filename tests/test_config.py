@@ -91,6 +91,12 @@ def test_set_override_reaches_every_run(write_suite):
     assert {r.config.masking.mask_prob for r in suite.runs} == {0.2}
 
 
+def test_arm_selection_with_comparisons_against_arms_left_out(write_suite, capsys):
+    path = write_suite(tiny_suite(comparisons=[{"arm": "static", "baseline": "dynamic"}]))
+    assert [r.arm for r in load_suite(path, arms=["static"]).runs] == ["static"]
+    assert main(["run", str(path), "--arm", "static", "--dry-run"]) == 0
+
+
 def test_missing_suite_file(tmp_path, capsys):
     assert main(["run", str(tmp_path / "nope.yaml")]) == 2
     assert "suite file not found" in capsys.readouterr().err
