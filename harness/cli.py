@@ -136,7 +136,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     runs = shard_runs(suite.runs, shard)
     total = len(runs)
     part = f", shard {shard[0]}/{shard[1]}: {total} of them" if shard else ""
-    print(f"suite {suite.name}: {len(suite.spec.arms)} arm(s) x {len(suite.spec.seeds)} seed(s) -> "
+    controls = len(suite.spec.control_sources())
+    control_part = f" + {controls} control(s) x {len(suite.spec.seeds)} seed(s)" if controls else ""
+    print(f"suite {suite.name}: {len(suite.spec.arms)} arm(s) x {len(suite.spec.seeds)} seed(s){control_part} -> "
           f"{len(suite.runs)} run(s){part}")  # fmt: skip
     if args.dry_run:
         rows = []
@@ -200,7 +202,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             continue
         if ranks.is_main:
             where = f"{ranks.world} processes" if ranks.enabled else str(device)
-            print(f"{label}: training on {where}")
+            doing = "training" if run.config.train.pretrain is not False else "evaluating without pretraining"
+            print(f"{label}: {doing} on {where}")
         with lock:
             try:
                 summary = execute_run(run, run_dir, cache, device, progress=not args.no_progress, options=options)

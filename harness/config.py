@@ -265,6 +265,12 @@ class TrainConfig(Schema):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
     log_every: int = Field(10, ge=1, description="Steps between training-metric lines in metrics.jsonl.")
     eval_every: int = Field(0, ge=0, description="Steps between held-out loss evaluations; 0: only at the end.")
+    pretrain: bool | None = Field(
+        None,
+        description="false: no optimizer step is taken: the encoder is evaluated as initialised (a random-init "
+        "control), with data, tokenizer and evaluation exactly as in a trained run; unset: pretrain, as before "
+        "the field existed.",
+    )
 
     @model_validator(mode="after")
     def _one_of_each(self) -> TrainConfig:
@@ -463,6 +469,7 @@ ADDED_LATER = (
     "eval.finetune.pooling",
     "eval.task_overrides.*.lr_grid",  # *: every key of a mapping
     "eval.task_overrides.*.pooling",
+    "train.pretrain",
 )
 
 

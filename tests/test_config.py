@@ -56,6 +56,8 @@ BAD_SUITES = [
     (("base.eval.finetune", {"lr_grid": [-1e-3]}), "base.eval.finetune.lr_grid.0", "greater than 0"),
     (("base.eval.finetune", {"pooling": "max"}), "base.eval.finetune.pooling", "'first' or 'mean'"),
     (("base.eval.task_overrides", {"sst2": {"pooling": "cls"}}), "base.eval.task_overrides.sst2.pooling", "'mean'"),
+    (("controls", ["random-init"]), "controls.0", "unknown control 'random-init' (expected one of: random_init)"),
+    (("controls", ["random_init", "random_init"]), "controls.1", "listed twice"),
 ]
 
 
@@ -157,6 +159,7 @@ LEAF_CHANGES = [
     "eval.finetune.lr_grid=[1e-3,3e-4]",
     "eval.finetune.pooling=first",
     "eval.task_overrides={sst2: {pooling: mean}}",
+    "train.pretrain=false",
 ]
 
 
@@ -219,14 +222,14 @@ def test_model_positions_leaves_earlier_run_ids_unchanged():
 
 
 def test_fine_tuning_fields_leave_earlier_run_ids_unchanged():
-    """Unset, the fields added for the fine-tuning protocol leave ids as they were, also
+    """Unset, the fields added for the fine-tuning protocol and controls leave ids as they were, also
     inside each task override (the id below was computed before the fields existed)."""
     raw = {
         "train": {"batch_size": 8, "steps": 1},
         "eval": {"tasks": ["sst2"], "task_overrides": {"sst2": {"lr": 3e-4}}},
     }
     config = validate_run_config(raw, "x")
-    assert config.eval.task_overrides["sst2"].lr_grid is None
+    assert config.eval.task_overrides["sst2"].lr_grid is None and config.train.pretrain is None
     assert config.run_id() == "9be7db948eb2"
     for change in ({"pooling": "mean"}, {"lr_grid": [1e-3]}):
         changed = copy.deepcopy(raw)
