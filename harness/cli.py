@@ -180,7 +180,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     runs = shard_runs(suite.runs, shard)
     total = len(runs)
     part = f", shard {shard[0]}/{shard[1]}: {total} of them" if shard else ""
-    print(f"suite {suite.name}: {len(suite.spec.arms)} arm(s) x {len(suite.spec.seeds)} seed(s) -> "
+    controls = len(suite.spec.control_sources())
+    control_part = f" + {controls} control(s) x {len(suite.spec.seeds)} seed(s)" if controls else ""
+    print(f"suite {suite.name}: {len(suite.spec.arms)} arm(s) x {len(suite.spec.seeds)} seed(s){control_part} -> "
           f"{len(suite.runs)} run(s){part}")  # fmt: skip
     if args.dry_run:
         rows = []
@@ -283,7 +285,9 @@ def _run_sequentially(args, suite: Suite, runs: list, out_root: Path, cache, dev
             tally.busy += 1
             continue
         if ranks.is_main:
-            print(f"{label}: training on {f'{ranks.world} processes' if ranks.enabled else where}")
+            where = f"{ranks.world} processes" if ranks.enabled else where
+            doing = "training" if run.config.train.pretrain is not False else "evaluating without pretraining"
+            print(f"{label}: {doing} on {where}")
         with lock:
             outcome = train_one(run, run_dir, label, cache, device, options, not args.no_progress, headline)
         if outcome == "interrupted":

@@ -265,6 +265,12 @@ class TrainConfig(Schema):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
     log_every: int = Field(10, ge=1, description="Steps between training-metric lines in metrics.jsonl.")
     eval_every: int = Field(0, ge=0, description="Steps between held-out loss evaluations; 0: only at the end.")
+    pretrain: bool | None = Field(
+        None,
+        description="false: no optimizer step is taken: the encoder is evaluated as initialised (a random-init "
+        "control), with data, tokenizer and evaluation exactly as in a trained run; unset: pretrain, as before "
+        "the field existed.",
+    )
 
     @model_validator(mode="after")
     def _one_of_each(self) -> TrainConfig:
@@ -278,6 +284,26 @@ class TrainConfig(Schema):
 # ---------------------------------------------------------------------------------------- eval
 
 
+LrGrid = Annotated[list[Annotated[float, Field(gt=0.0)]] | None, Field(min_length=1)]
+Pooling = Literal["first", "mean"] | None
+LR_GRID_HELP = (
+    "Learning rates to choose from, per task (unset: `lr`, as before the field existed). The choice is made "
+    "on the training examples alone: fine-tune on a seeded 80% of them (first fine-tuning seed), score the "
+    "task's first metric on the other 20%, keep the best lr (ties: the first in the grid); then every "
+    "fine-tuning seed trains on the whole training set with it and is scored on dev. `lr` is then unused."
+)
+POOLING_HELP = (
+    "What the classification head reads: first (unset: as before the field existed) = the first token's last "
+    "hidden state, as RoBERTa; mean = the mean of the last hidden states over the real (non-pad) tokens."
+)
+
+
+def _distinct(grid: list[float] | None) -> list[float] | None:
+    if grid is not None and len(set(grid)) != len(grid):
+        raise ValueError(f"the learning rates of a grid must be distinct, got {grid}")
+    return grid
+
+
 class FinetuneConfig(Schema):
     max_len: int | None = Field(None, ge=8, description="Max tokens per example (default: data.max_seq_len).")
     epochs: float = Field(3.0, gt=0.0, description="Passes over the (capped) task training set.")
@@ -288,6 +314,13 @@ class FinetuneConfig(Schema):
     max_train_examples: int | None = Field(2000, ge=1, description="Cap on training examples (small budgets).")
     max_eval_examples: int | None = Field(None, ge=1, description="Cap on dev examples.")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Fine-tuning seeds per task.")
+    lr_grid: LrGrid = Field(None, description=LR_GRID_HELP)
+    pooling: Pooling = Field(None, description=POOLING_HELP)
+
+    @field_validator("lr_grid")
+    @classmethod
+    def _distinct_lrs(cls, grid: list[float] | None) -> list[float] | None:
+        return _distinct(grid)
 
 
 class FinetuneOverride(Schema):
@@ -301,6 +334,13 @@ class FinetuneOverride(Schema):
     weight_decay: float | None = Field(None, ge=0.0, description="AdamW weight decay.")
     max_train_examples: int | None = Field(None, ge=1, description="Cap on training examples.")
     max_eval_examples: int | None = Field(None, ge=1, description="Cap on dev examples.")
+    lr_grid: LrGrid = Field(None, description="Learning rates to choose from for this task (see finetune.lr_grid).")
+    pooling: Pooling = Field(None, description="How this task's head reads the encoder (see finetune.pooling).")
+
+    @field_validator("lr_grid")
+    @classmethod
+    def _distinct_lrs(cls, grid: list[float] | None) -> list[float] | None:
+        return _distinct(grid)
 
 
 class TaskFiles(Schema):
@@ -413,12 +453,7 @@ class RunConfig(Schema):
         run id, and the records filed under it, valid."""
         dump = self.model_dump(mode="json")
         for path in ADDED_LATER:
-            *parents, leaf = path.split(".")
-            holder = dump
-            for part in parents:
-                holder = holder[part]
-            if leaf in holder and holder[leaf] is None:
-                del holder[leaf]
+            _drop_unset(dump, path.split("."))
         canonical = json.dumps(dump, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
@@ -430,7 +465,25 @@ ADDED_LATER = (
     "data.corpus.text_layout",
     "eval.task_files",
     "model.positions",
+    "eval.finetune.lr_grid",
+    "eval.finetune.pooling",
+    "eval.task_overrides.*.lr_grid",  # *: every key of a mapping
+    "eval.task_overrides.*.pooling",
+    "train.pretrain",
 )
+
+
+def _drop_unset(holder: Any, parts: list[str]) -> None:
+    """Delete the leaf at `parts` (`*` matching every key of a mapping) wherever it is None."""
+    head, *rest = parts
+    if not isinstance(holder, dict):
+        return
+    if not rest:
+        if head in holder and holder[head] is None:
+            del holder[head]
+        return
+    for child in holder.values() if head == "*" else [holder.get(head)]:
+        _drop_unset(child, rest)
 
 
 PRETRAINING_METRICS = ("heldout_loss", "heldout_ppl", "heldout_acc", "heldout_bpb", "train_loss")

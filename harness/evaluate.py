@@ -4,8 +4,10 @@
   15% / 80-10-10 mask seeded by `eval.mask_seed` and the sequence index, whatever the arm's own
   masking, so every arm that shares a tokenizer is scored on the same positions.
 - Downstream tasks (harness/tasks.py): fine-tune a copy of the pretrained encoder with a head on
-  the first token (classification or regression), once per fine-tuning seed, and score the dev
-  split with scikit-learn's / SciPy's metrics.
+  the first token or the mean of the real tokens (classification or regression), once per
+  fine-tuning seed, and score the dev split with scikit-learn's / SciPy's metrics.
+- With `finetune.lr_grid`, each task's learning rate is chosen first, on its training examples
+  alone (a seeded 80/20 split of them); the dev split is read only to score the final fine-tunings.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from harness.data.formats import Sequences
 from harness.data.masking import IGNORE, mask_sequence
 from harness.data.tokenizer import SpecialTokens
 from harness.model import PretrainingModel, SequenceClassifier
+from harness.records import atomic_write_json, read_json
 from harness.tasks import TASKS, TaskData, TaskSpec, load_task, majority_baseline, score
 from harness.train import adamw, autocast_for, lr_at
 
@@ -122,7 +125,9 @@ def finetune_task(
     protocol: no early stopping, no looking at dev until the end."""
     torch.manual_seed(seed)
     token_types = pretrained.roberta.config.token_types
-    model = SequenceClassifier(copy.deepcopy(pretrained.roberta), spec.num_outputs, dropout).to(device)
+    model = SequenceClassifier(
+        copy.deepcopy(pretrained.roberta), spec.num_outputs, dropout, config.pooling or "first"
+    ).to(device)
     train_rows = encode_examples(
         data.train_a, data.train_b, data.train_labels, tokenizer, specials, max_len, token_types
     )
@@ -165,6 +170,65 @@ def finetune_task(
     return FinetuneResult(torch.cat(predictions).cpu().numpy(), None)
 
 
+SELECTION_HELD_BACK = 0.2  # share of the training examples held back to score each lr of a grid
+
+
+def selection_split(data: TaskData, seed: int) -> TaskData:
+    """The task's training examples alone, split for choosing the lr: a seeded 80% to fine-tune on
+    (as `train`), the other 20% to score (as `dev`). Nothing of the task's own dev split is in it."""
+    n = len(data.train_a)
+    if n < 2:
+        raise ValueError(f"choosing a learning rate needs at least 2 training examples, the task has {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    held = min(n - 1, max(1, round(SELECTION_HELD_BACK * n)))
+    fit, back = np.sort(order[held:]), np.sort(order[:held])
+    take = lambda xs, idx: None if xs is None else [xs[i] for i in idx]  # noqa: E731
+    return TaskData(
+        take(data.train_a, fit), take(data.train_b, fit), data.train_labels[fit],
+        take(data.train_a, back), take(data.train_b, back), data.train_labels[back],
+    )  # fmt: skip
+
+
+def select_lr(
+    pretrained: PretrainingModel,
+    spec: TaskSpec,
+    data: TaskData,
+    tokenizer,
+    specials: SpecialTokens,
+    config: FinetuneConfig,
+    max_len: int,
+    seed: int,
+    device: torch.device,
+    precision: str,
+    dropout: float,
+) -> dict:
+    """The learning rate of `config.lr_grid` that scores best on held-back training examples (one
+    fine-tuning with `seed` per lr; the split is seeded with it too). Only the training fields of
+    `data` are read. A diverged fine-tuning, or a score that is not a number, is recorded as None and
+    never chosen; if no lr scores, the smallest is used."""
+    split = selection_split(data, seed)
+    metric = spec.metrics[0]
+    scores: dict[str, float | None] = {}
+    for lr in config.lr_grid:
+        result = finetune_task(
+            pretrained, spec, split, tokenizer, specials, config.model_copy(update={"lr": lr}), max_len, seed,
+            device, precision, dropout,
+        )  # fmt: skip
+        value = None if result.predictions is None else score(spec.name, split.dev_labels, result.predictions)[metric]
+        scores[str(lr)] = value if value is not None and math.isfinite(value) else None
+    scored = [lr for lr in config.lr_grid if scores[str(lr)] is not None]
+    chosen = max(scored, key=lambda lr: scores[str(lr)]) if scored else min(config.lr_grid)  # ties: grid order
+    return {
+        "grid": list(config.lr_grid),
+        "metric": metric,
+        "scores": scores,
+        "chosen": chosen,
+        "split": f"80/20 of train, seed {seed}",
+        "fit_examples": len(split.train_a),
+        "held_back_examples": len(split.dev_a),
+    }
+
+
 def task_data_for(config: RunConfig, name: str) -> TaskData:
     """The task's data as the run's eval config asks: source, caps and dev split."""
     protocol = config.eval.finetune_for(name)
@@ -189,7 +253,8 @@ def evaluate_downstream(
 
     Per seed the dev predictions are kept (predictions/<task>/seed-<s>.npy, labels beside them), so
     any metric can be recomputed; a seed whose loss went NaN is kept as diverged and left out of
-    the median, with the count shown."""
+    the median, with the count shown. With an lr grid the choice is made first and kept beside them
+    (predictions/<task>/lr_selection.json), then used by every seed."""
     results: dict[str, dict] = {}
     for name in tasks if tasks is not None else config.eval.tasks:
         spec = TASKS[name]
@@ -198,6 +263,20 @@ def evaluate_downstream(
         folder = predictions_dir / name
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / "labels.npy", data.dev_labels)
+        max_len = protocol.max_len or config.data.max_seq_len
+        selection = None
+        if protocol.lr_grid is not None:
+            selection = read_json(folder / "lr_selection.json")
+            if selection is None or selection.get("grid") != list(protocol.lr_grid):
+                started = time.perf_counter()
+                selection = select_lr(
+                    pretrained, spec, data, tokenizer, specials, protocol, max_len, config.eval.finetune.seeds[0],
+                    device, config.train.precision, config.model.dropout,
+                )  # fmt: skip
+                atomic_write_json(folder / "lr_selection.json", selection)
+                shown = ", ".join(f"{lr} {'-' if v is None else f'{v:.4f}'}" for lr, v in selection["scores"].items())
+                log(f"  {name}: lr {selection['chosen']} chosen ({shown}) in {time.perf_counter() - started:.0f}s")
+            protocol = protocol.model_copy(update={"lr": selection["chosen"]})
         per_seed: dict[str, dict[str, float]] = {}
         diverged: dict[str, int] = {}
         for seed in config.eval.finetune.seeds:
@@ -205,9 +284,8 @@ def evaluate_downstream(
             if not done.is_file() and not failed.is_file():
                 started = time.perf_counter()
                 result = finetune_task(
-                    pretrained, spec, data, tokenizer, specials, protocol,
-                    protocol.max_len or config.data.max_seq_len, seed, device, config.train.precision,
-                    config.model.dropout,
+                    pretrained, spec, data, tokenizer, specials, protocol, max_len, seed, device,
+                    config.train.precision, config.model.dropout,
                 )  # fmt: skip
                 if result.predictions is None:
                     failed.write_text(str(result.diverged_at_step))
@@ -234,6 +312,8 @@ def evaluate_downstream(
             "protocol": protocol.model_dump(mode="json"),
             "dev_split": config.eval.dev_splits.get(name, spec.dev_split),
         }
+        if selection is not None:
+            results[name]["lr_selection"] = selection
     return results
 
 

@@ -275,12 +275,17 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 class SequenceClassifier(nn.Module):
-    """A pretrained encoder with RoBERTa's classification head on the first token."""
+    """A pretrained encoder with RoBERTa's classification head (dense, tanh, output) on a pooled
+    vector: the first token's hidden state (`first`, RoBERTa's choice), or the mean of the hidden
+    states of the real tokens (`mean`; padding never counts, so extra padding changes nothing)."""
 
-    def __init__(self, encoder: Encoder, num_labels: int, dropout: float):
+    def __init__(self, encoder: Encoder, num_labels: int, dropout: float, pooling: str = "first"):
         super().__init__()
+        if pooling not in ("first", "mean"):
+            raise ValueError(f"pooling must be first or mean, not {pooling!r}")
         hidden = encoder.config.hidden
         self.roberta = encoder
+        self.pooling = pooling
         self.dense = nn.Linear(hidden, hidden)
         self.dropout = nn.Dropout(dropout)
         self.out_proj = nn.Linear(hidden, num_labels)
@@ -291,5 +296,10 @@ class SequenceClassifier(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
-        first = self.roberta(input_ids, token_type_ids, attention_mask)[:, 0]
-        return self.out_proj(self.dropout(torch.tanh(self.dense(self.dropout(first)))))
+        hidden = self.roberta(input_ids, token_type_ids, attention_mask)  # [B, L, H]
+        if self.pooling == "mean":
+            real = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [B, L, 1]: 1 at real tokens
+            pooled = (hidden * real).sum(1) / real.sum(1).clamp(min=1.0)
+        else:
+            pooled = hidden[:, 0]
+        return self.out_proj(self.dropout(torch.tanh(self.dense(self.dropout(pooled)))))

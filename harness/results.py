@@ -367,8 +367,9 @@ def load_results(sources: list[SuiteSource], problems: list[str] | None = None) 
 
 
 def _grid(source: SuiteSource, records: list[dict[str, Any]]) -> tuple[list[str], list[int]]:
-    """Arms and seeds to show: the suite's own, in its order, then any others the records hold."""
-    spec_arms = list(source.spec.arms) if source.spec else []
+    """Arms and seeds to show: the suite's own, in its order (its controls after its arms), then any
+    others the records hold."""
+    spec_arms = [*source.spec.arms, *source.spec.control_sources()] if source.spec else []
     arms = list(dict.fromkeys([*spec_arms, *sorted(r["arm"] for r in records if r["arm"] not in spec_arms)]))
     spec_seeds = list(source.spec.seeds) if source.spec else []
     seeds = list(dict.fromkeys([*spec_seeds, *sorted({r["seed"] for r in records} - set(spec_seeds))]))

@@ -32,7 +32,7 @@ from harness.model import PretrainingModel, plain_state_dict
 from harness.records import SCHEMA_VERSION, RunRecord, atomic_write_json, plain_mode
 from harness.references import bits_per_byte, heldout_references
 from harness.suite import Run
-from harness.train import Diverged, RunGuards, planned_steps, train
+from harness.train import Diverged, RunGuards, TrainResult, planned_steps, train
 
 
 def code_version() -> str:
@@ -224,8 +224,9 @@ def execute_run(
             train_cfg.batch_size,
             train_cfg.tokens_per_step,
         )
-        steps = planned_steps(train_cfg, batches.mean_tokens_per_step)
-        log(describe_plan(data, batches, steps, run))
+        pretrain = train_cfg.pretrain is not False  # unset: pretrain, as before the field existed
+        steps = planned_steps(train_cfg, batches.mean_tokens_per_step) if pretrain else 0
+        log(describe_plan(data, batches, steps, run) if pretrain else "  no pretraining: evaluated as initialised")
         if record is not None:  # for progress shown by another process (`harness run --jobs`)
             record.update_status(planned_steps=steps)
 
@@ -248,10 +249,14 @@ def execute_run(
                 on_eval(row)
 
         guards = RunGuards(checkpointer, options.spike_factor, distributed=ranks)
-        result = train(
-            model, batches, train_cfg, steps, device, log_metrics, evaluate_heldout, progress and ranks.is_main,
-            options.compile_model, guards,
-        )  # fmt: skip
+        if pretrain:
+            result = train(
+                model, batches, train_cfg, steps, device, log_metrics, evaluate_heldout, progress and ranks.is_main,
+                options.compile_model, guards,
+            )  # fmt: skip
+        else:  # a control: not one optimizer step, so no training loss either
+            model.to(device)
+            result = TrainResult(steps=0, tokens_seen=0, sequences_seen=0, train_loss=math.nan, wall_s=0.0, train_s=0.0)
         if record is None:
             return None  # not rank 0: training was this process's share
         heldout = evaluate_heldout()
@@ -268,7 +273,7 @@ def execute_run(
         data.tokenizer.save(str(checkpoint / "tokenizer.json"))
 
         metrics = {
-            "train_loss": result.train_loss,
+            **({"train_loss": result.train_loss} if pretrain else {}),
             **heldout,
             "parameters": float(sum(p.numel() for p in model.parameters())),  # tied weights counted once
             "heldout_unk_rate": unknown_token_rate(data.heldout.tokens, data.specials),
@@ -283,7 +288,7 @@ def execute_run(
                 "steps": result.steps,
                 "tokens": result.tokens_seen,
                 "sequences": result.sequences_seen,
-                "epochs": round(batches.epoch + batches.cursor / len(data.train), 3),
+                "epochs": round(batches.epoch + batches.cursor / len(data.train), 3) if pretrain else 0.0,
             },
             "wall_s": round(time.perf_counter() - started, 2),
             # this attempt's tokens over this attempt's time: a resumed run does not count restored tokens

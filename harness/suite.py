@@ -8,6 +8,7 @@ file and the key path.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import sys
@@ -21,15 +22,21 @@ from pydantic import Field, ValidationError, model_validator
 
 from harness.config import (
     ConfigError,
+    ModelConfig,
     RunConfig,
     Schema,
+    TokenizerConfig,
     deep_merge,
+    expand_presets,
     has_path,
     metric_names,
     nested,
     parse_set,
     validate_run_config,
 )
+
+CONTROLS = ("random_init",)
+RANDOM_INIT = "random-init"  # the control's arm name (arm names cannot hold the ':' of a group's name)
 
 
 class PaperRef(Schema):
@@ -160,14 +167,61 @@ class SuiteSpec(Schema):
         description="Data directory (relative to the working directory) for the local variant when neither "
         "--set local nor HARNESS_LOCAL_DATA names one, it exists, and the Hugging Face hub cannot be reached.",
     )
+    controls: list[str] = Field(
+        default_factory=list,
+        description="Control runs added to the arms, once per seed. random_init: the baseline arm's config "
+        "(with arms of different model or tokenizer, each group's first arm) without pretraining, evaluated "
+        "the same way; every arm is compared against its control.",
+    )
 
     def comparison_list(self, baseline: str | None = None) -> list[ComparisonSpec]:
         """The comparisons a report makes: every arm against `baseline` when one is given, else the
-        suite's own list, else every arm against the suite's baseline (default: the first arm)."""
+        suite's own list, else every arm against the suite's baseline (default: the first arm); then,
+        with controls, every arm against its random-init control."""
         if baseline is None and self.comparisons:
-            return list(self.comparisons)
-        reference = baseline or self.baseline or next(iter(self.arms))
-        return [ComparisonSpec(arm=arm, baseline=reference) for arm in self.arms if arm != reference]
+            listed = list(self.comparisons)
+        else:
+            reference = baseline or self.baseline or next(iter(self.arms))
+            listed = [ComparisonSpec(arm=arm, baseline=reference) for arm in self.arms if arm != reference]
+        names = {c.name for c in listed}
+        against_controls = [ComparisonSpec(arm=arm, baseline=control) for arm, control in self.control_of().items()]
+        return listed + [c for c in against_controls if c.name not in names]
+
+    def control_of(self) -> dict[str, str]:
+        """Arm -> the name of its random-init control (empty without controls). Arms that share the
+        model and the tokenizer (defaults filled in; `--set` overrides, the same for every arm, aside)
+        share one control, `random-init`; with several such groups, each is `random-init:<first arm>`."""
+        if "random_init" not in self.controls:
+            return {}
+        groups: dict[str, list[str]] = {}
+        for arm in self.arms:
+            groups.setdefault(self._encoding_key(arm), []).append(arm)
+        if len(groups) == 1:
+            return {arm: RANDOM_INIT for arm in self.arms}
+        return {arm: f"{RANDOM_INIT}:{members[0]}" for members in groups.values() for arm in members}
+
+    def control_sources(self) -> dict[str, str]:
+        """Control name -> the arm whose config it takes: the baseline when every arm shares one
+        control, else the first arm of the group."""
+        sources: dict[str, str] = {}
+        for arm, control in self.control_of().items():
+            sources.setdefault(control, arm)
+        if list(sources) == [RANDOM_INIT]:
+            sources[RANDOM_INIT] = self.baseline or next(iter(self.arms))
+        return sources
+
+    def _encoding_key(self, arm: str) -> str:
+        merged = expand_presets(deep_merge(self.base, self.arms[arm] or {}))
+        model = merged.get("model")
+        data = merged.get("data")
+        tokenizer = data.get("tokenizer") if isinstance(data, dict) else None
+
+        def filled(schema: type[Schema], given: Any) -> dict[str, Any]:
+            given = given if isinstance(given, dict) else {}
+            # the preset only names where the sizes came from (expanded above): not part of the model
+            return {n: given.get(n, info.default) for n, info in schema.model_fields.items() if n != "preset"}
+
+        return json.dumps([filled(ModelConfig, model), filled(TokenizerConfig, tokenizer)], sort_keys=True, default=str)
 
 
 @dataclass(frozen=True)
@@ -433,30 +487,25 @@ def load_suite(path: str | Path, overrides: list[str] = (), arms: list[str] | No
         raise ConfigError(source, "baseline", f"no arm named {spec.baseline!r}")
     _check_comparisons(spec, source)
 
-    selected = list(spec.arms)
+    _check_controls(spec, source)
+    controls = spec.control_sources()
+    selected, selected_controls = list(spec.arms), list(controls)
     if arms:
-        unknown = [a for a in arms if a not in spec.arms]
+        unknown = [a for a in arms if a not in spec.arms and a not in controls]
         if unknown:
-            raise ConfigError(source, "arms", f"no arm named {', '.join(unknown)} (have: {', '.join(spec.arms)})")
+            have = ", ".join([*spec.arms, *controls])
+            raise ConfigError(source, "arms", f"no arm named {', '.join(unknown)} (have: {have})")
         selected = [a for a in spec.arms if a in arms]
+        selected_controls = [c for c in controls if c in arms]
 
+    _check_train_section(cli_override, "--set", "")
+    _check_train_section(spec.base, source, "base.")
     runs: list[Run] = []
     for arm in selected:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", arm):
-            raise ConfigError(source, f"arms.{arm}", "arm names may use letters, digits and . _ + -")
-        arm_override = spec.arms[arm] or {}
-        _check_override_keys(arm_override, source, f"arms.{arm}")
-        resolved = deep_merge(deep_merge(spec.base, arm_override), cli_override)
-        _check_train_section(cli_override, "--set", "")
-        _check_train_section(arm_override, source, f"arms.{arm}.")
-        _check_train_section(spec.base, source, "base.")
-        for seed in spec.seeds:
-            seeded = deep_merge(resolved, {"train": {"seed": seed}})
-            try:
-                config = validate_run_config(seeded, source)
-            except ConfigError as err:
-                raise _attribute(err, arm, arm_override, cli_override) from None
-            runs.append(Run(suite=spec.name, arm=arm, seed=seed, config=config))
+        runs.extend(_arm_runs(spec, arm, cli_override, source))
+    # controls come after every arm, so adding them leaves the arms' places in `--shard` unchanged
+    for control in selected_controls:
+        runs.extend(_control_runs(spec, control, controls[control], cli_override, source))
     for metric in spec.metrics:
         task = metric.split(".")[0]
         if "." in metric and any(task not in r.config.eval.tasks for r in runs):
@@ -465,6 +514,54 @@ def load_suite(path: str | Path, overrides: list[str] = (), arms: list[str] | No
     if spec.search is not None:
         _check_search(spec.search, source, runs, known_metrics)
     return Suite(path=path, spec=spec, runs=runs)
+
+
+def _arm_runs(spec: SuiteSpec, arm: str, cli_override: dict[str, Any], source: str) -> list[Run]:
+    """One run per seed of the arm, its config resolved base <- arm <- `--set` and validated."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", arm):
+        raise ConfigError(source, f"arms.{arm}", "arm names may use letters, digits and . _ + -")
+    arm_override = spec.arms[arm] or {}
+    _check_override_keys(arm_override, source, f"arms.{arm}")
+    _check_train_section(arm_override, source, f"arms.{arm}.")
+    resolved = deep_merge(deep_merge(spec.base, arm_override), cli_override)
+    runs = []
+    for seed in spec.seeds:
+        seeded = deep_merge(resolved, {"train": {"seed": seed}})
+        try:
+            config = validate_run_config(seeded, source)
+        except ConfigError as err:
+            raise _attribute(err, arm, arm_override, cli_override) from None
+        runs.append(Run(suite=spec.name, arm=arm, seed=seed, config=config))
+    return runs
+
+
+def _control_runs(spec: SuiteSpec, control: str, arm: str, cli_override: dict[str, Any], source: str) -> list[Run]:
+    """The random-init control of `arm`, per seed: the arm's resolved config with `train.pretrain`
+    false (so its own run id) and no `model.init_from` (the encoder keeps the random initialisation
+    the seed gives; a start checkpoint's tokenizer is still used). Evaluated like every run."""
+    runs = []
+    for run in _arm_runs(spec, arm, cli_override, source):
+        raw = deep_merge(
+            run.config.model_dump(mode="json"), {"model": {"init_from": None}, "train": {"pretrain": False}}
+        )
+        config = validate_run_config(raw, source)
+        tags = {"control": "random_init", "built_from": arm}
+        runs.append(Run(suite=spec.name, arm=control, seed=run.seed, config=config, tags=tags))
+    return runs
+
+
+def _check_controls(spec: SuiteSpec, source: str) -> None:
+    for index, name in enumerate(spec.controls):
+        if name not in CONTROLS:
+            raise ConfigError(
+                source, f"controls.{index}", f"unknown control {name!r} (expected one of: {', '.join(CONTROLS)})"
+            )
+        if name in spec.controls[:index]:
+            raise ConfigError(source, f"controls.{index}", f"control {name!r} is listed twice")
+    if spec.controls and RANDOM_INIT in spec.arms:
+        raise ConfigError(
+            source, f"arms.{RANDOM_INIT}", f"{RANDOM_INIT!r} names the suite's random-init control: rename the arm"
+        )
 
 
 def _check_per_token_metrics(spec: SuiteSpec, source: str, runs: list[Run]) -> None:
@@ -476,6 +573,8 @@ def _check_per_token_metrics(spec: SuiteSpec, source: str, runs: list[Run]) -> N
         tok = run.config.data.tokenizer
         tokenizers[run.arm] = " ".join(str(v) for v in (tok.kind, tok.vocab_size, tok.file) if v is not None)
     for comparison in spec.comparison_list():
+        if comparison.arm not in tokenizers or comparison.baseline not in tokenizers:
+            continue  # an arm left out with --arm: nothing of it runs here
         for metric in spec.metrics:
             refusal = per_token_refusal(metric, comparison.arm, tokenizers[comparison.arm], comparison.baseline,
                                         tokenizers[comparison.baseline])  # fmt: skip

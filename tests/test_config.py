@@ -51,6 +51,13 @@ BAD_SUITES = [
     (("arms.static", {"data": {"format": "segment_pair"}, "model": {"token_types": 1}}), "arms.static", "token_types"),
     (("metrics", ["accuracy"]), "metrics", "unknown metric"),
     (("colour", "blue"), "colour", "unknown key"),
+    (("base.eval.finetune", {"lr_grid": []}), "base.eval.finetune.lr_grid", "at least 1"),
+    (("base.eval.finetune", {"lr_grid": [1e-3, 1e-3]}), "base.eval.finetune.lr_grid", "distinct"),
+    (("base.eval.finetune", {"lr_grid": [-1e-3]}), "base.eval.finetune.lr_grid.0", "greater than 0"),
+    (("base.eval.finetune", {"pooling": "max"}), "base.eval.finetune.pooling", "'first' or 'mean'"),
+    (("base.eval.task_overrides", {"sst2": {"pooling": "cls"}}), "base.eval.task_overrides.sst2.pooling", "'mean'"),
+    (("controls", ["random-init"]), "controls.0", "unknown control 'random-init' (expected one of: random_init)"),
+    (("controls", ["random_init", "random_init"]), "controls.1", "listed twice"),
 ]
 
 
@@ -84,6 +91,12 @@ def test_set_override_reaches_every_run(write_suite):
     suite = load_suite(write_suite(tiny_suite()), overrides=["train.lr=7e-4", "masking.mask_prob=0.2"])
     assert {r.config.train.lr for r in suite.runs} == {7e-4}
     assert {r.config.masking.mask_prob for r in suite.runs} == {0.2}
+
+
+def test_arm_selection_with_comparisons_against_arms_left_out(write_suite, capsys):
+    path = write_suite(tiny_suite(comparisons=[{"arm": "static", "baseline": "dynamic"}]))
+    assert [r.arm for r in load_suite(path, arms=["static"]).runs] == ["static"]
+    assert main(["run", str(path), "--arm", "static", "--dry-run"]) == 0
 
 
 def test_missing_suite_file(tmp_path, capsys):
@@ -143,6 +156,10 @@ LEAF_CHANGES = [
     "train.steps=13",
     "eval.mask_seed=7",
     "data.corpus.documents=121",
+    "eval.finetune.lr_grid=[1e-3,3e-4]",
+    "eval.finetune.pooling=first",
+    "eval.task_overrides={sst2: {pooling: mean}}",
+    "train.pretrain=false",
 ]
 
 
@@ -202,6 +219,22 @@ def test_model_positions_leaves_earlier_run_ids_unchanged():
     assert validate_run_config({"train": {"batch_size": 8, "steps": 1}}, "x").run_id() == "2d0e096e591b"
     rope = validate_run_config({**raw, "model": {**raw["model"], "positions": "rope"}}, "x")
     assert rope.model.rope and rope.run_id() != "ebd3f48cab72"
+
+
+def test_fine_tuning_fields_leave_earlier_run_ids_unchanged():
+    """Unset, the fields added for the fine-tuning protocol and controls leave ids as they were, also
+    inside each task override (the id below was computed before the fields existed)."""
+    raw = {
+        "train": {"batch_size": 8, "steps": 1},
+        "eval": {"tasks": ["sst2"], "task_overrides": {"sst2": {"lr": 3e-4}}},
+    }
+    config = validate_run_config(raw, "x")
+    assert config.eval.task_overrides["sst2"].lr_grid is None and config.train.pretrain is None
+    assert config.run_id() == "9be7db948eb2"
+    for change in ({"pooling": "mean"}, {"lr_grid": [1e-3]}):
+        changed = copy.deepcopy(raw)
+        changed["eval"]["task_overrides"]["sst2"].update(change)
+        assert validate_run_config(changed, "x").run_id() != "9be7db948eb2"
 
 
 def scaled_suite() -> dict:
