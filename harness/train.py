@@ -10,9 +10,9 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -185,6 +185,7 @@ class RunGuards:
 
 
 SPIKE_WINDOW = 50
+NO_ROW_LIMIT = 10**9  # micro-batch rows before any out-of-memory error
 
 
 def train(
@@ -206,176 +207,295 @@ def train(
     ranks = guards.distributed
     model.to(device).train()
     optimizer = build_optimizer(model, config, device)
+    state = resume(guards.checkpointer, model, optimizer, batches, ranks.rank, total_steps)
+    resumed_from_step, restored_tokens = state.step, state.tokens_seen
+    step_model = model_for_steps(model, compile_model, ranks, log)
     warmup_steps = int(config.warmup_fraction * total_steps)
-    first_step, tokens_seen, sequences_seen = 0, 0, 0
-    recent_losses: list[float] = []
-    max_rows = 10**9  # micro-batch rows; halved on out-of-memory errors
-    found = guards.checkpointer.latest() if guards.checkpointer is not None else None
-    if found is not None:
-        state = guards.checkpointer.restore(found, model, optimizer, ranks.rank)
-        first_step, tokens_seen, sequences_seen = state["step"], state["tokens_seen"], state["sequences_seen"]
-        recent_losses = list(state["recent_losses"])
-        max_rows = state.get("max_rows", max_rows)
-        batches.load_state_dict(state["data"])
-        print(f"  resuming from {found.path.name} (step {first_step} of {total_steps})", file=sys.stderr, flush=True)
-    step_model = compile_or_eager(model, log) if compile_model else model
-    if ranks.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # heads that a micro-batch may not use (NSP without pairs) must not stall the gradient sync
-        step_model = DistributedDataParallel(
-            step_model, find_unused_parameters=getattr(model, "nsp_head", None) is not None
-        )
-    main = ranks.is_main
-    upcoming = Prefetcher(batches, total_steps - first_step, pin=device.type == "cuda")
-    restored_tokens = tokens_seen
+    setup = Setup(model, step_model, optimizer, config, device, guards, warmup_steps, log)
+    upcoming = Prefetcher(batches, total_steps - state.step, pin=device.type == "cuda")
     try:  # the prefetch thread stops however training ends
-        window_tokens, window_start = 0, time.perf_counter()
-        start = time.perf_counter()
-        eval_s = 0.0
-        # a live bar on a terminal; in a log file, a plain line every PLAIN_PROGRESS_S seconds instead
-        live = progress and sys.stderr.isatty() and main
-        bar = tqdm(total=total_steps, initial=first_step, disable=not live, file=sys.stderr, leave=False,
-                   dynamic_ncols=True)  # fmt: skip
-        last_plain = start
-
-        for step in range(first_step, total_steps):
-            lr = lr_at(step, total_steps, warmup_steps, config.lr, config.schedule)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            host_batches = upcoming.next_step()
-            # normalise by the whole step's counts so accumulation equals one large batch exactly (counted
-            # on the host copies: counting on the device would wait for it)
-            step_masked = sum(mb.masked_tokens for mb in host_batches)
-            step_pairs = sum(int((mb.nsp_labels >= 0).sum()) for mb in host_batches)
-            step_tokens = sum(mb.real_tokens for mb in host_batches)
-            while True:
-                try:
-                    mlm_total, nsp_total, step_model = _accumulate(
-                        step_model, model, host_batches, max_rows, step_masked, step_pairs, device, config, ranks, log
-                    )
-                    break
-                except Exception as err:
-                    if not is_out_of_memory(err) or ranks.enabled:
-                        raise
-                    optimizer.zero_grad(set_to_none=True)
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    widest = max(mb.rows for mb in host_batches)
-                    max_rows = min(max_rows, widest) // 2
-                    if max_rows < guards.min_micro_batch:
-                        raise
-                    # accumulation is normalised by the whole step, so smaller micro-batches give the same step
-                    log({"event": "out_of_memory", "step": step + 1, "micro_batch_rows": max_rows})
-                    print(f"  out of memory at step {step + 1}: micro-batches of {max_rows} rows, more accumulation",
-                          file=sys.stderr, flush=True)  # fmt: skip
-            tokens_seen += step_tokens
-            window_tokens += step_tokens
-            sequences_seen += sum(mb.rows for mb in host_batches)
-            grad_norm = (
-                float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm))
-                if config.clip_norm > 0
-                else float(torch.norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])))
-            )
-            mlm_loss = float(mlm_total) / max(1, step_masked)
-            if not math.isfinite(mlm_loss) or not math.isfinite(grad_norm):
-                raise Diverged(f"loss {mlm_loss}, grad norm {grad_norm}", step + 1, step, lr, grad_norm)
-            if guards.spike_factor > 0 and step >= warmup_steps and len(recent_losses) >= 10:
-                typical = statistics.median(recent_losses[-SPIKE_WINDOW:])
-                if mlm_loss > guards.spike_factor * typical:
-                    raise Diverged(f"loss spike {mlm_loss:.3f} > {guards.spike_factor} x median {typical:.3f}",
-                                   step + 1, step, lr, grad_norm)  # fmt: skip
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            recent_losses.append(mlm_loss)
-            if main and ((step + 1) % config.log_every == 0 or step + 1 == total_steps):
-                now = time.perf_counter()
-                record = {
-                    "step": step + 1,
-                    "tokens": tokens_seen,
-                    "train_loss": round(mlm_loss, 5),
-                    "lr": lr,
-                    "grad_norm": round(grad_norm, 4),
-                    "tokens_per_s": round(window_tokens / max(now - window_start, 1e-9), 1),
-                }
-                if step_pairs:
-                    record["nsp_loss"] = round(float(nsp_total) / step_pairs, 5)
-                log(record)
-                bar.set_postfix(
-                    loss=f"{mlm_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False
-                )
-                if progress and not live and now - last_plain >= PLAIN_PROGRESS_S:
-                    speed = record["tokens_per_s"]
-                    line = f"  step {step + 1}/{total_steps} loss {mlm_loss:.3f} lr {lr:.2e} {speed:.0f} tok/s"
-                    print(line, file=sys.stderr, flush=True)
-                    last_plain = now
-                window_tokens, window_start = 0, now
-            if (
-                evaluate is not None
-                and config.eval_every
-                and (step + 1) % config.eval_every == 0
-                and step + 1 < total_steps
-            ):
-                if main:
-                    model.eval()
-                    evaluating = time.perf_counter()
-                    # train_s: this attempt's seconds of training so far, evaluations left out
-                    train_s = round(evaluating - start - eval_s, 2)
-                    log({"step": step + 1, "tokens": tokens_seen, "train_s": train_s, **evaluate()})
-                    eval_s += time.perf_counter() - evaluating
-                    model.train()
-                ranks.barrier()
-            if guards.checkpointer is not None and guards.checkpointer.due(step + 1, total_steps):
-                rng_by_rank = None
-                if ranks.enabled:  # each rank draws its own dropout masks: keep every rank's generator
-                    from harness.checkpoint import rng_state
-
-                    rng_by_rank = [None] * ranks.world
-                    torch.distributed.all_gather_object(rng_by_rank, rng_state())
-                if main:
-                    state = {
-                        "step": step + 1,
-                        "tokens_seen": tokens_seen,
-                        "sequences_seen": sequences_seen,
-                        "recent_losses": recent_losses,
-                        "max_rows": max_rows,
-                        "data": upcoming.position,
-                    }
-                    guards.checkpointer.save(step + 1, model, optimizer, state, rng_by_rank)
-                ranks.barrier()
-            bar.update(1)
-        bar.close()
-        tail = recent_losses[-max(1, total_steps // 10) :]
+        clock = Clock()
+        report = StepReport(log, total_steps, state, progress, ranks.is_main)
+        while state.step < total_steps:
+            lr = lr_at(state.step, total_steps, warmup_steps, config.lr, config.schedule)
+            done = optimizer_step(setup, state, upcoming.next_step(), lr)
+            if ranks.is_main and (due(state.step, config.log_every) or state.step == total_steps):
+                report.log_step(state, done)
+            # the evaluation after the last step is the caller's
+            if evaluate is not None and due(state.step, config.eval_every) and state.step < total_steps:
+                log_heldout(setup, evaluate, state, clock)
+            if guards.checkpointer is not None and guards.checkpointer.due(state.step, total_steps):
+                save_checkpoint(setup, state, upcoming.position)
+            report.bar.update(1)
+        report.bar.close()
         return TrainResult(
             steps=total_steps,
-            tokens_seen=tokens_seen,
-            sequences_seen=sequences_seen,
-            train_loss=sum(tail) / len(tail) if tail else math.nan,
-            wall_s=time.perf_counter() - start,
-            train_s=time.perf_counter() - start - eval_s,
-            tokens_this_attempt=tokens_seen - restored_tokens,
-            resumed_from_step=first_step,
+            tokens_seen=state.tokens_seen,
+            sequences_seen=state.sequences_seen,
+            train_loss=final_train_loss(state.recent_losses, total_steps),
+            wall_s=clock.wall_s(),
+            train_s=clock.train_s(),
+            tokens_this_attempt=state.tokens_seen - restored_tokens,
+            resumed_from_step=resumed_from_step,
         )
     finally:
         upcoming.close()
 
 
+@dataclass
+class LoopState:
+    """What the loop carries from one optimizer step to the next; a checkpoint carries it across attempts."""
+
+    step: int = 0  # optimizer steps done
+    tokens_seen: int = 0  # real (non-pad) tokens
+    sequences_seen: int = 0
+    recent_losses: list[float] = field(default_factory=list)  # every step's MLM loss: spike check, train_loss
+    max_rows: int = NO_ROW_LIMIT  # micro-batch rows; halved on out-of-memory errors
+
+    def checkpoint(self, data_position: dict[str, int] | None) -> dict[str, Any]:
+        return {**asdict(self), "data": data_position}
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any]) -> LoopState:
+        # checkpoints written before out-of-memory halving existed have no max_rows
+        max_rows = saved.get("max_rows", NO_ROW_LIMIT)
+        return cls(saved["step"], saved["tokens_seen"], saved["sequences_seen"], list(saved["recent_losses"]), max_rows)
+
+
+@dataclass
+class Setup:
+    """What every optimizer step works with: fixed for the run, but for `step_model`, which falls back to
+    the eager model when compilation fails at its first call."""
+
+    model: nn.Module  # the eager model: its parameters are clipped, stepped, evaluated and saved
+    step_model: nn.Module  # what forward and backward run through: the model compiled and/or DDP-wrapped
+    optimizer: torch.optim.AdamW
+    config: TrainConfig
+    device: torch.device
+    guards: RunGuards
+    warmup_steps: int
+    log: Callable[[dict[str, Any]], None]
+
+    @property
+    def ranks(self) -> Distributed:
+        return self.guards.distributed
+
+
+@dataclass
+class StepDone:
+    """One optimizer step's numbers, for the metrics line."""
+
+    lr: float
+    mlm_loss: float
+    grad_norm: float  # before clipping
+    pairs: int  # NSP pairs in the step; 0 without NSP
+    nsp_total: torch.Tensor  # the step's summed NSP loss, on the device: read only when logged
+
+    @property
+    def nsp_loss(self) -> float:
+        return float(self.nsp_total) / self.pairs
+
+
+def resume(
+    checkpointer: Any, model: nn.Module, optimizer: torch.optim.Optimizer, batches: StepSource, rank: int, steps: int
+) -> LoopState:
+    """The loop state of the latest checkpoint, with the model, optimizer, RNGs and data source put back
+    as they were saved; a fresh state when there is no checkpoint."""
+    found = checkpointer.latest() if checkpointer is not None else None
+    if found is None:
+        return LoopState()
+    saved = checkpointer.restore(found, model, optimizer, rank)
+    batches.load_state_dict(saved["data"])
+    print(f"  resuming from {found.path.name} (step {saved['step']} of {steps})", file=sys.stderr, flush=True)
+    return LoopState.from_checkpoint(saved)
+
+
+def model_for_steps(
+    model: nn.Module, compile_model: bool, ranks: Distributed, log: Callable[[dict[str, Any]], None]
+) -> nn.Module:
+    """What forward and backward run through: the model, compiled when asked, wrapped for DDP under torchrun."""
+    step_model = compile_or_eager(model, log) if compile_model else model
+    if not ranks.enabled:
+        return step_model
+    from torch.nn.parallel import DistributedDataParallel
+
+    # heads that a micro-batch may not use (NSP without pairs) must not stall the gradient sync
+    return DistributedDataParallel(step_model, find_unused_parameters=getattr(model, "nsp_head", None) is not None)
+
+
+def optimizer_step(setup: Setup, state: LoopState, host_batches: list[MicroBatch], lr: float) -> StepDone:
+    """One optimizer step at learning rate `lr` over one step's micro-batches: accumulate the gradients,
+    clip them, stop if the loss diverged, step. Advances `state` by the step."""
+    for group in setup.optimizer.param_groups:
+        group["lr"] = lr
+    # normalise by the whole step's counts so accumulation equals one large batch exactly (counted
+    # on the host copies: counting on the device would wait for it)
+    masked = sum(mb.masked_tokens for mb in host_batches)
+    pairs = sum(int((mb.nsp_labels >= 0).sum()) for mb in host_batches)
+    mlm_total, nsp_total = accumulate_within_memory(setup, state, host_batches, masked, pairs)
+    state.tokens_seen += sum(mb.real_tokens for mb in host_batches)
+    state.sequences_seen += sum(mb.rows for mb in host_batches)
+    grad_norm = clip_gradients(setup.model, setup.config.clip_norm)
+    mlm_loss = float(mlm_total) / max(1, masked)
+    check_divergence(state, mlm_loss, grad_norm, lr, setup.guards.spike_factor, setup.warmup_steps)
+    setup.optimizer.step()
+    setup.optimizer.zero_grad(set_to_none=True)
+    state.recent_losses.append(mlm_loss)
+    state.step += 1
+    return StepDone(lr, mlm_loss, grad_norm, pairs, nsp_total)
+
+
+def accumulate_within_memory(
+    setup: Setup, state: LoopState, host_batches: list[MicroBatch], masked: int, pairs: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accumulate the step's gradients; after an out-of-memory error, again in micro-batches of half as
+    many rows (for the rest of the run), until they fit or fall below min_micro_batch."""
+    while True:
+        try:
+            mlm_total, nsp_total, setup.step_model = _accumulate(setup, host_batches, state.max_rows, masked, pairs)
+            return mlm_total, nsp_total
+        except Exception as err:
+            if not is_out_of_memory(err) or setup.ranks.enabled:
+                raise
+            setup.optimizer.zero_grad(set_to_none=True)
+            if setup.device.type == "cuda":
+                torch.cuda.empty_cache()
+            widest = max(mb.rows for mb in host_batches)
+            state.max_rows = min(state.max_rows, widest) // 2
+            if state.max_rows < setup.guards.min_micro_batch:
+                raise
+            # accumulation is normalised by the whole step, so smaller micro-batches give the same step
+            setup.log({"event": "out_of_memory", "step": state.step + 1, "micro_batch_rows": state.max_rows})
+            print(f"  out of memory at step {state.step + 1}: micro-batches of {state.max_rows} rows, more "
+                  "accumulation", file=sys.stderr, flush=True)  # fmt: skip
+
+
+def clip_gradients(model: nn.Module, clip_norm: float) -> float:
+    """The gradients' total norm before clipping, having clipped them to `clip_norm` (0: no clipping)."""
+    if clip_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm))
+    return float(torch.norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])))
+
+
+def check_divergence(
+    state: LoopState, mlm_loss: float, grad_norm: float, lr: float, spike_factor: float, warmup_steps: int
+) -> None:
+    """Raise Diverged, before the optimizer steps, when the loss or gradient norm is NaN/inf, or when after
+    warmup the loss exceeds spike_factor x the median of the recent steps' (0: no spike check)."""
+    step, last_good_step = state.step + 1, state.step
+    if not math.isfinite(mlm_loss) or not math.isfinite(grad_norm):
+        raise Diverged(f"loss {mlm_loss}, grad norm {grad_norm}", step, last_good_step, lr, grad_norm)
+    if spike_factor > 0 and state.step >= warmup_steps and len(state.recent_losses) >= 10:
+        typical = statistics.median(state.recent_losses[-SPIKE_WINDOW:])
+        if mlm_loss > spike_factor * typical:
+            raise Diverged(f"loss spike {mlm_loss:.3f} > {spike_factor} x median {typical:.3f}",
+                           step, last_good_step, lr, grad_norm)  # fmt: skip
+
+
+class Clock:
+    """This attempt's seconds, with held-out evaluations counted apart: train_s leaves them out."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.eval_s = 0.0
+
+    @contextmanager
+    def evaluation(self) -> Iterator[float]:
+        """Leaves the time inside out of train_s; gives train_s so far."""
+        evaluating = time.perf_counter()
+        yield evaluating - self.start - self.eval_s
+        self.eval_s += time.perf_counter() - evaluating
+
+    def wall_s(self) -> float:
+        return time.perf_counter() - self.start
+
+    def train_s(self) -> float:
+        return time.perf_counter() - self.start - self.eval_s
+
+
+def due(step: int, every: int) -> bool:
+    """Whether `step` is one of every `every` steps (never when `every` is 0)."""
+    return every > 0 and step % every == 0
+
+
+def final_train_loss(recent_losses: list[float], total_steps: int) -> float:
+    """The mean MLM loss over the last 10% of steps."""
+    tail = recent_losses[-max(1, total_steps // 10) :]
+    return sum(tail) / len(tail) if tail else math.nan
+
+
+def log_heldout(setup: Setup, evaluate: Callable[[], dict[str, float]], state: LoopState, clock: Clock) -> None:
+    """A held-out row (on the main rank, while the others wait), with this attempt's seconds of training
+    so far, evaluations left out."""
+    if setup.ranks.is_main:
+        setup.model.eval()
+        with clock.evaluation() as train_s:
+            setup.log({"step": state.step, "tokens": state.tokens_seen, "train_s": round(train_s, 2), **evaluate()})
+        setup.model.train()
+    setup.ranks.barrier()
+
+
+def save_checkpoint(setup: Setup, state: LoopState, data_position: dict[str, int] | None) -> None:
+    """Checkpoint the model, optimizer, RNGs and loop state, with the data source's position after this step."""
+    ranks = setup.ranks
+    rng_by_rank = None
+    if ranks.enabled:  # each rank draws its own dropout masks: keep every rank's generator
+        from harness.checkpoint import rng_state
+
+        rng_by_rank = [None] * ranks.world
+        torch.distributed.all_gather_object(rng_by_rank, rng_state())
+    if ranks.is_main:
+        setup.guards.checkpointer.save(state.step, setup.model, setup.optimizer, state.checkpoint(data_position),
+                                       rng_by_rank)  # fmt: skip
+    ranks.barrier()
+
+
+class StepReport:
+    """The metrics line every log_every steps, and progress meanwhile: a live bar on a terminal; in a log
+    file, a plain line every PLAIN_PROGRESS_S seconds instead."""
+
+    def __init__(
+        self, log: Callable[[dict[str, Any]], None], total_steps: int, state: LoopState, progress: bool, main: bool
+    ):
+        self.log, self.total_steps, self.progress = log, total_steps, progress
+        self.live = progress and sys.stderr.isatty() and main
+        self.bar = tqdm(total=total_steps, initial=state.step, disable=not self.live, file=sys.stderr, leave=False,
+                        dynamic_ncols=True)  # fmt: skip
+        # tokens_per_s is over the steps since the last metrics line
+        self.window_start, self.window_tokens_from = time.perf_counter(), state.tokens_seen
+        self.last_plain = self.window_start
+
+    def log_step(self, state: LoopState, done: StepDone) -> None:
+        now = time.perf_counter()
+        window_tokens = state.tokens_seen - self.window_tokens_from
+        record = {
+            "step": state.step,
+            "tokens": state.tokens_seen,
+            "train_loss": round(done.mlm_loss, 5),
+            "lr": done.lr,
+            "grad_norm": round(done.grad_norm, 4),
+            "tokens_per_s": round(window_tokens / max(now - self.window_start, 1e-9), 1),
+        }
+        if done.pairs:
+            record["nsp_loss"] = round(done.nsp_loss, 5)
+        self.log(record)
+        speed = record["tokens_per_s"]
+        self.bar.set_postfix(loss=f"{done.mlm_loss:.3f}", lr=f"{done.lr:.2e}", tok_s=f"{speed:.0f}", refresh=False)
+        if self.progress and not self.live and now - self.last_plain >= PLAIN_PROGRESS_S:
+            line = f"  step {state.step}/{self.total_steps} loss {done.mlm_loss:.3f} lr {done.lr:.2e} {speed:.0f} tok/s"
+            print(line, file=sys.stderr, flush=True)
+            self.last_plain = now
+        self.window_start, self.window_tokens_from = now, state.tokens_seen
+
+
 def _accumulate(
-    step_model: nn.Module,
-    model: nn.Module,
-    host_batches: list[MicroBatch],
-    max_rows: int,
-    step_masked: int,
-    step_pairs: int,
-    device: torch.device,
-    config: TrainConfig,
-    ranks: Distributed,
-    log: Callable[[dict[str, Any]], None],
+    setup: Setup, host_batches: list[MicroBatch], max_rows: int, step_masked: int, step_pairs: int
 ) -> tuple[torch.Tensor, torch.Tensor, nn.Module]:
     """Forward and backward over one step's micro-batches, gradients summed into the parameters.
-        Losses are normalised by the whole step's masked tokens and pairs, so any split of the step into
-        micro-batches, or over ranks, gives the same gradient. Returns the step's summed losses and the
+    Losses are normalised by the whole step's masked tokens and pairs, so any split of the step into
+    micro-batches, or over ranks, gives the same gradient. Returns the step's summed losses and the
     model to step with next (the eager one after a failed compilation)."""
+    model, step_model, device, ranks = setup.model, setup.step_model, setup.device, setup.ranks
     micro_batches = split_rows(host_batches, max_rows)
     # summed on the device, read once per step: a read per micro-batch would stall a GPU's queue
     mlm_total = torch.zeros((), device=device)
@@ -392,13 +512,13 @@ def _accumulate(
         inputs = (share.input_ids, share.token_type_ids, share.attention_mask, share.mlm_labels, share.nsp_labels)
         last = index == len(micro_batches) - 1
         with step_model.no_sync() if ranks.enabled and not last else nullcontext():
-            with autocast_for(config.precision, device):
+            with autocast_for(setup.config.precision, device):
                 try:
                     out = step_model(*inputs)
                 except Exception as err:  # compilation happens at the first call: fall back there
                     if step_model is model or ranks.enabled or is_out_of_memory(err):
                         raise
-                    _compile_failed(err, log)
+                    _compile_failed(err, setup.log)
                     step_model = model
                     out = model(*inputs)
             loss = out.mlm_loss_sum / max(1, step_masked)

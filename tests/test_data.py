@@ -6,16 +6,26 @@ import json
 import os
 import subprocess
 import sys
+from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from harness.config import DataConfig, FilesCorpus, HubCorpus, MaskingConfig, SyntheticCorpus, TokenizerConfig
 from harness.data.batches import PretrainingBatches
-from harness.data.cache import StageCache
+from harness.data.cache import StageCache, stage_key
 from harness.data.formats import FORMATS, NO_PAIR, NOT_NEXT, full_sentences
 from harness.data.masking import IGNORE, mask_sequence, random_ordinary_tokens
-from harness.data.pipeline import prepare_data
+from harness.data.pipeline import (
+    StageOutput,
+    documents_inputs,
+    format_inputs,
+    prepare_data,
+    sentences_inputs,
+    token_ids_inputs,
+    tokenizer_inputs,
+)
 from harness.data.sentences import split_document
 from harness.data.sources import DataSourceError, iter_documents
 from harness.data.synthetic import generate_corpus, generate_topic_task, make_world
@@ -245,6 +255,85 @@ def test_empty_corpus_is_an_error(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- pipeline
+
+
+def in_order(inputs: dict) -> list:
+    """Items in order: the order is what inputs.json beside a stage shows."""
+    return list(inputs.items())
+
+
+def test_stage_key_inputs_are_those_of_the_caches_already_built(tmp_path):
+    """Keys find the stages built before: they change only on purpose (a bumped STAGE_VERSIONS), never
+    by a refactor. Library versions are part of some keys, so they are read, not written, here."""
+    config = DataConfig(
+        corpus=SyntheticCorpus(source="synthetic", documents=120),
+        tokenizer=TokenizerConfig(vocab_size=1024),
+        max_seq_len=64,
+    )
+    documents = documents_inputs(config)
+    assert in_order(documents) == in_order(
+        {"corpus": {"source": "synthetic", "documents": 120, "seed": 0}, "files": [], "heldout_fraction": 0.05,
+         "version": 3}
+    )  # fmt: skip
+    assert stage_key("documents", documents) == "9a1d0b5274e5834f"
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("One sentence. Another one.\n\nA second document.\n")
+    files = documents_inputs(DataConfig(corpus=FilesCorpus(source="files", paths=[str(text)])))
+    assert files["corpus"] == {"source": "files", "paths": [str(text)], "format": None, "text_field": "text",
+                               "text_layout": "blank_line_separated", "max_documents": None}  # fmt: skip
+    assert files["files"] == [{"path": str(text.resolve()), "bytes": 47, "mtime_ns": text.stat().st_mtime_ns}]
+
+    upstream, other = StageOutput("0123456789abcdef", tmp_path), StageOutput("fedcba9876543210", tmp_path)
+    assert in_order(sentences_inputs(upstream)) == in_order(
+        {"documents": upstream.key, "splitter": f"blingfire-{version('blingfire')}", "version": 2}
+    )
+    assert in_order(tokenizer_inputs(config, upstream)) == in_order(
+        {"sentences": upstream.key, "tokenizer": {"kind": "byte_bpe", "vocab_size": 1024, "min_frequency": 2,
+         "lowercase": False}, "library": f"tokenizers-{version('tokenizers')}", "version": 1}
+    )  # fmt: skip
+    given = tmp_path / "tokenizer.json"
+    given.write_text("{}")
+    with_file = config.model_copy(update={"tokenizer": TokenizerConfig(file=str(given))})
+    assert in_order(tokenizer_inputs(with_file, upstream)) == in_order(
+        {"file_sha256": "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", "kind": "byte_bpe",
+         "version": 1}
+    )  # fmt: skip
+    assert in_order(token_ids_inputs(upstream, other)) == in_order(
+        {"sentences": upstream.key, "tokenizer": other.key, "version": 2}
+    )
+    heldout = format_inputs(config, upstream, "heldout", "full_sentences", 16)
+    assert in_order(heldout) == in_order(
+        {"token_ids": upstream.key, "split": "heldout", "format": "full_sentences", "limit": 16, "max_seq_len": 64,
+         "seed": 12345, "short_seq_prob": 0.1, "version": 4}
+    )  # fmt: skip
+    assert stage_key("format", heldout) == "c10f1ac26b5821b3"
+
+
+def test_each_stage_is_keyed_by_its_inputs_and_its_upstream_key(tmp_path):
+    config = DataConfig(
+        corpus=SyntheticCorpus(source="synthetic", documents=60),
+        tokenizer=TokenizerConfig(vocab_size=512),
+        max_seq_len=64,
+        format="segment_pair",
+    )
+    data = prepare_data(config, StageCache(tmp_path), heldout_sequences=8)
+    keys = data.stage_keys
+
+    def built(stage: str) -> StageOutput:
+        return StageOutput(keys[stage], Path())
+
+    assert list(keys) == ["documents", "sentences", "tokenizer", "token_ids", "format", "heldout"]
+    assert keys == {
+        "documents": stage_key("documents", documents_inputs(config)),
+        "sentences": stage_key("sentences", sentences_inputs(built("documents"))),
+        "tokenizer": stage_key("tokenizer", tokenizer_inputs(config, built("sentences"))),
+        "token_ids": stage_key("token_ids", token_ids_inputs(built("sentences"), built("tokenizer"))),
+        "format": stage_key("format", format_inputs(config, built("token_ids"), "train", "segment_pair", None)),
+        "heldout": stage_key("format", format_inputs(config, built("token_ids"), "heldout", "full_sentences", 8)),
+    }
+    for stage, directory in data.stage_dirs.items():
+        assert directory == tmp_path / ("format" if stage == "heldout" else stage) / keys[stage]
 
 
 def test_arms_sharing_corpus_and_tokenizer_share_cached_stages(tmp_path):

@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -86,114 +87,183 @@ def _iter_jsonl(path: Path) -> Iterator[Any]:
 
 
 def prepare_data(config: DataConfig, cache: StageCache, heldout_sequences: int) -> PreparedData:
-    keys: dict[str, str] = {}
-    dirs: dict[str, Path] = {}
+    """The run's data, stage by stage: each stage's output is loaded from the cache under the key of its
+    inputs (its own config and its upstream stage's key), or built and cached."""
+    documents = cached(cache, "documents", documents_inputs(config), build_documents, config)
+    sentences = cached(cache, "sentences", sentences_inputs(documents), build_sentences, documents, config)
+    saved_tokenizer = cached(
+        cache, "tokenizer", tokenizer_inputs(config, sentences), build_tokenizer, config, sentences
+    )
+    tokenizer = load_tokenizer(saved_tokenizer.dir)
+    specials = special_tokens(tokenizer, config.tokenizer.kind)
+    token_ids = cached(
+        cache, "token_ids", token_ids_inputs(sentences, saved_tokenizer), build_token_ids, tokenizer, sentences
+    )
+    train = formatted(cache, config, specials, token_ids, "train", config.format, None)
+    # held-out text is always packed FULL-SENTENCES: one yardstick for every arm's perplexity
+    heldout = formatted(cache, config, specials, token_ids, "heldout", "full_sentences", heldout_sequences)
+    stages = {"documents": documents, "sentences": sentences, "tokenizer": saved_tokenizer, "token_ids": token_ids,
+              "format": train, "heldout": heldout}  # fmt: skip
+    return PreparedData(
+        tokenizer=tokenizer,
+        specials=specials,
+        vocab_size=tokenizer.get_vocab_size(),
+        train=Sequences.load(train.dir),
+        heldout=Sequences.load(heldout.dir),
+        stage_keys={name: stage.key for name, stage in stages.items()},
+        stage_dirs={name: stage.dir for name, stage in stages.items()},
+    )
 
-    def build_documents(out: Path) -> None:
-        counts = dict.fromkeys(SPLITS, 0)
-        with (out / "train.jsonl").open("w") as train, (out / "heldout.jsonl").open("w") as heldout:
-            for index, document in enumerate(iter_documents(config.corpus)):
-                split = "heldout" if is_heldout(index, config.heldout_fraction) else "train"
-                (heldout if split == "heldout" else train).write(json.dumps(document) + "\n")
-                counts[split] += 1
-        total = sum(counts.values())
-        if total == 0:
-            raise DataSourceError(f"corpus {describe(config.corpus)} has no non-empty document")
-        if counts["heldout"] == 0 or counts["train"] == 0:
-            raise DataSourceError(
-                f"corpus {describe(config.corpus)} has {total} document(s): too few to hold out every "
-                f"{heldout_period(config.heldout_fraction)}th for evaluation and train on the rest"
-            )
-        (out / "stats.json").write_text(json.dumps({"documents": counts}))
 
-    corpus_inputs = {
+@dataclass(frozen=True)
+class StageOutput:
+    key: str  # the hash of the stage's inputs
+    dir: Path
+
+
+def cached(
+    cache: StageCache, stage: str, inputs: dict[str, Any], build: Callable[..., None], *args: Any
+) -> StageOutput:
+    """The stage's output cached under its inputs, built by `build(*args, out)` when not cached yet."""
+    return StageOutput(*cache.get_or_build(stage, inputs, partial(build, *args)))
+
+
+# Each stage below: the inputs that make its cache key (insertion order is kept in the inputs.json
+# written beside it), then how it is built into a fresh directory `out`.
+
+# ----------------------------------------------------------------- documents: train / held-out split
+
+
+def documents_inputs(config: DataConfig) -> dict[str, Any]:
+    return {
         "corpus": config.corpus.model_dump(mode="json"),
         "files": corpus_fingerprint(config.corpus),
         "heldout_fraction": config.heldout_fraction,
         "version": STAGE_VERSIONS["documents"],
     }
-    keys["documents"], dirs["documents"] = cache.get_or_build("documents", corpus_inputs, build_documents)
 
-    def build_sentences(out: Path) -> None:
-        stats: dict[str, Any] = {}
-        for split in SPLITS:
-            kept = dropped = sentences = 0
-            with (out / f"{split}.jsonl").open("w") as f:
-                for document in _iter_jsonl(dirs["documents"] / f"{split}.jsonl"):
-                    split_doc = split_document(document)
-                    if not split_doc:
-                        dropped += 1  # e.g. only markup or whitespace: nothing to train on
-                        continue
-                    f.write(json.dumps(split_doc) + "\n")
-                    kept += 1
-                    sentences += len(split_doc)
-            if kept == 0:
-                raise DataSourceError(f"no sentence found in any {split} document of {describe(config.corpus)}")
-            stats[split] = {"documents": kept, "documents_without_sentences": dropped, "sentences": sentences}
-        (out / "stats.json").write_text(json.dumps(stats))
 
-    splitter = {
-        "documents": keys["documents"],
+def build_documents(config: DataConfig, out: Path) -> None:
+    counts = dict.fromkeys(SPLITS, 0)
+    with (out / "train.jsonl").open("w") as train, (out / "heldout.jsonl").open("w") as heldout:
+        for index, document in enumerate(iter_documents(config.corpus)):
+            split = "heldout" if is_heldout(index, config.heldout_fraction) else "train"
+            (heldout if split == "heldout" else train).write(json.dumps(document) + "\n")
+            counts[split] += 1
+    total = sum(counts.values())
+    if total == 0:
+        raise DataSourceError(f"corpus {describe(config.corpus)} has no non-empty document")
+    if counts["heldout"] == 0 or counts["train"] == 0:
+        raise DataSourceError(
+            f"corpus {describe(config.corpus)} has {total} document(s): too few to hold out every "
+            f"{heldout_period(config.heldout_fraction)}th for evaluation and train on the rest"
+        )
+    (out / "stats.json").write_text(json.dumps({"documents": counts}))
+
+
+# ------------------------------------------------------------------ sentences: each document split
+
+
+def sentences_inputs(documents: StageOutput) -> dict[str, Any]:
+    return {
+        "documents": documents.key,
         "splitter": f"blingfire-{version('blingfire')}",
         "version": STAGE_VERSIONS["sentences"],
     }
-    keys["sentences"], dirs["sentences"] = cache.get_or_build("sentences", splitter, build_sentences)
 
-    def build_tokenizer(out: Path) -> None:
-        if config.tokenizer.file:  # a given tokenizer (continued pretraining): copied, not trained
-            shutil.copyfile(config.tokenizer.file, out / "tokenizer.json")
-            return
-        sentences = (s for doc in _iter_jsonl(dirs["sentences"] / "train.jsonl") for s in doc)
-        train_tokenizer(sentences, config.tokenizer, out)
 
-    if config.tokenizer.file:
+def build_sentences(documents: StageOutput, config: DataConfig, out: Path) -> None:
+    stats: dict[str, Any] = {}
+    for split in SPLITS:
+        kept = dropped = sentences = 0
+        with (out / f"{split}.jsonl").open("w") as f:
+            for document in _iter_jsonl(documents.dir / f"{split}.jsonl"):
+                split_doc = split_document(document)
+                if not split_doc:
+                    dropped += 1  # e.g. only markup or whitespace: nothing to train on
+                    continue
+                f.write(json.dumps(split_doc) + "\n")
+                kept += 1
+                sentences += len(split_doc)
+        if kept == 0:
+            raise DataSourceError(f"no sentence found in any {split} document of {describe(config.corpus)}")
+        stats[split] = {"documents": kept, "documents_without_sentences": dropped, "sentences": sentences}
+    (out / "stats.json").write_text(json.dumps(stats))
+
+
+# ----------------------------------------------------- tokenizer: trained on the train sentences
+
+
+def tokenizer_inputs(config: DataConfig, sentences: StageOutput) -> dict[str, Any]:
+    if config.tokenizer.file:  # a given tokenizer: its bytes, not the corpus, make it what it is
         digest = hashlib.sha256(Path(config.tokenizer.file).read_bytes()).hexdigest()
-        tok_inputs = {"file_sha256": digest, "kind": config.tokenizer.kind, "version": STAGE_VERSIONS["tokenizer"]}
-    else:
-        tok_inputs = {
-            "sentences": keys["sentences"],
-            "tokenizer": config.tokenizer.model_dump(mode="json", exclude={"file"}),
-            "library": f"tokenizers-{version('tokenizers')}",
-            "version": STAGE_VERSIONS["tokenizer"],
-        }
-    keys["tokenizer"], dirs["tokenizer"] = cache.get_or_build("tokenizer", tok_inputs, build_tokenizer)
-    tokenizer = load_tokenizer(dirs["tokenizer"])
-    specials = special_tokens(tokenizer, config.tokenizer.kind)
-
-    def build_token_ids(out: Path) -> None:
-        for split in SPLITS:
-            (out / split).mkdir()
-            encode_documents(tokenizer, _iter_jsonl(dirs["sentences"] / f"{split}.jsonl"), out / split)
-
-    ids_inputs = {
-        "sentences": keys["sentences"],
-        "tokenizer": keys["tokenizer"],
-        "version": STAGE_VERSIONS["token_ids"],
+        return {"file_sha256": digest, "kind": config.tokenizer.kind, "version": STAGE_VERSIONS["tokenizer"]}
+    return {
+        "sentences": sentences.key,
+        "tokenizer": config.tokenizer.model_dump(mode="json", exclude={"file"}),
+        "library": f"tokenizers-{version('tokenizers')}",
+        "version": STAGE_VERSIONS["tokenizer"],
     }
-    keys["token_ids"], dirs["token_ids"] = cache.get_or_build("token_ids", ids_inputs, build_token_ids)
 
-    def formatted(split: str, format_name: str, limit: int | None) -> tuple[str, Path]:
-        def build(out: Path) -> None:
-            corpus = TokenizedCorpus.load(dirs["token_ids"] / split)
-            sequences = FORMATS[format_name](corpus, specials, config.max_seq_len, config.seed, config.short_seq_prob)
-            (sequences.head(limit) if limit is not None else sequences).save(out)
 
-        inputs = {
-            "token_ids": keys["token_ids"], "split": split, "format": format_name, "limit": limit,
-            "max_seq_len": config.max_seq_len, "seed": config.seed, "short_seq_prob": config.short_seq_prob,
-            "version": STAGE_VERSIONS["format"],
-        }  # fmt: skip
-        return cache.get_or_build("format", inputs, build)
+def build_tokenizer(config: DataConfig, sentences: StageOutput, out: Path) -> None:
+    if config.tokenizer.file:  # a given tokenizer (continued pretraining): copied, not trained
+        shutil.copyfile(config.tokenizer.file, out / "tokenizer.json")
+        return
+    train_sentences = (s for doc in _iter_jsonl(sentences.dir / "train.jsonl") for s in doc)
+    train_tokenizer(train_sentences, config.tokenizer, out)
 
-    keys["format"], dirs["format"] = formatted("train", config.format, None)
-    # held-out text is always packed FULL-SENTENCES: one yardstick for every arm's perplexity
-    keys["heldout"], dirs["heldout"] = formatted("heldout", "full_sentences", heldout_sequences)
-    return PreparedData(
-        tokenizer=tokenizer,
-        specials=specials,
-        vocab_size=tokenizer.get_vocab_size(),
-        train=Sequences.load(dirs["format"]),
-        heldout=Sequences.load(dirs["heldout"]),
-        stage_keys=keys,
-        stage_dirs=dirs,
-    )
+
+# ------------------------------------------------------------- token ids: every sentence encoded
+
+
+def token_ids_inputs(sentences: StageOutput, saved_tokenizer: StageOutput) -> dict[str, Any]:
+    return {"sentences": sentences.key, "tokenizer": saved_tokenizer.key, "version": STAGE_VERSIONS["token_ids"]}
+
+
+def build_token_ids(tokenizer: Tokenizer, sentences: StageOutput, out: Path) -> None:
+    for split in SPLITS:
+        (out / split).mkdir()
+        encode_documents(tokenizer, _iter_jsonl(sentences.dir / f"{split}.jsonl"), out / split)
+
+
+# ------------------------------------------------------ format: one split packed into sequences
+
+
+def format_inputs(
+    config: DataConfig, token_ids: StageOutput, split: str, format_name: str, limit: int | None
+) -> dict[str, Any]:
+    return {
+        "token_ids": token_ids.key, "split": split, "format": format_name, "limit": limit,
+        "max_seq_len": config.max_seq_len, "seed": config.seed, "short_seq_prob": config.short_seq_prob,
+        "version": STAGE_VERSIONS["format"],
+    }  # fmt: skip
+
+
+def build_format(
+    config: DataConfig,
+    specials: SpecialTokens,
+    token_ids: StageOutput,
+    split: str,
+    format_name: str,
+    limit: int | None,
+    out: Path,
+) -> None:
+    """The split's sequences in `format_name`, the first `limit` of them when given."""
+    corpus = TokenizedCorpus.load(token_ids.dir / split)
+    sequences = FORMATS[format_name](corpus, specials, config.max_seq_len, config.seed, config.short_seq_prob)
+    (sequences.head(limit) if limit is not None else sequences).save(out)
+
+
+def formatted(
+    cache: StageCache,
+    config: DataConfig,
+    specials: SpecialTokens,
+    token_ids: StageOutput,
+    split: str,
+    format_name: str,
+    limit: int | None,
+) -> StageOutput:
+    """The format stage for one split (train and held-out are packed separately, maybe differently)."""
+    inputs = format_inputs(config, token_ids, split, format_name, limit)
+    return cached(cache, "format", inputs, build_format, config, specials, token_ids, split, format_name, limit)
