@@ -565,8 +565,13 @@ def _check_controls(spec: SuiteSpec, source: str) -> None:
 
 
 def _check_per_token_metrics(spec: SuiteSpec, source: str, runs: list[Run]) -> None:
-    """Per-token held-out loss between arms that tokenize differently compares cuts, not models."""
+    """Per-token held-out loss between arms that tokenize differently compares cuts, not models. A
+    suite that asked for it is refused; one that left `metrics` at its default is not (its report
+    marks those cells "not comparable")."""
     from harness.references import per_token_refusal
+
+    if "metrics" not in spec.model_fields_set:
+        return
 
     tokenizers = {}
     for run in runs:
