@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import sys
 from pathlib import Path
@@ -312,6 +313,9 @@ def _run_child(args: argparse.Namespace, suite: Suite) -> int:
     if not found:
         raise ConfigError("--only-run", "only_run", f"no run {args.only_run} in suite {suite.name}")
     run, out_root = found[0], Path(args.out)
+    # a parent started in the background of a non-interactive shell passes SIGINT down as ignored;
+    # the parent stops its children with SIGINT, so take it back
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     set_torch_threads(args.threads or 1)
     device = torch.device(args.device or "cpu")
     options = RunOptions(args.compile, args.checkpoint_every, args.keep_checkpoints, args.spike_factor)

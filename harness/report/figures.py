@@ -143,7 +143,8 @@ def figure_metrics(results: Results, summary: pd.DataFrame, metrics: list[str], 
         ax.grid(True, axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(metrics) :]:
         ax.set_visible(False)
-    axes.flat[0].legend(fontsize=7, loc="best")
+    for ax in list(axes.flat)[: len(metrics)]:
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return _save(fig, out_dir, "metrics")
 
