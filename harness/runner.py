@@ -197,131 +197,213 @@ def execute_run(
     to stop the run. Under torchrun every rank trains; rank 0 alone records, evaluates and returns
     the summary (the others return None)."""
     options = options or RunOptions()
-    ranks = options.distributed
-    record = RunRecord(run_dir)
-    config = run.config
-    header = run.header
+    config, pretrained = run.config, pretrains(run.config)
     checkpointer = Checkpointer(run_dir / "checkpoints", options.checkpoint_every, options.keep_checkpoints)
-    if ranks.is_main:
-        found = checkpointer.latest()
-        if found is None:
-            record.start(header, config.model_dump(mode="json"))
-        else:
-            record.resume(found.step)
-    ranks.barrier()  # the other ranks read the checkpoint rank 0 has just vetted
-    record = record if ranks.is_main else None
+    record = start_record(run, run_dir, checkpointer, options.distributed)  # None on ranks other than 0
     started = time.perf_counter()
     try:
         data = prepare_data(config.data, cache, config.eval.heldout_sequences)
-        train_cfg = config.train
-        batches = PretrainingBatches(
-            data.train,
-            data.specials,
-            data.vocab_size,
-            config.masking,
-            train_cfg.seed,
-            train_cfg.micro_batch_size,
-            train_cfg.batch_size,
-            train_cfg.tokens_per_step,
-        )
-        pretrain = train_cfg.pretrain is not False  # unset: pretrain, as before the field existed
-        steps = planned_steps(train_cfg, batches.mean_tokens_per_step) if pretrain else 0
-        log(describe_plan(data, batches, steps, run) if pretrain else "  no pretraining: evaluated as initialised")
+        batches = pretraining_batches(config, data)
+        steps = planned_steps(config.train, batches.mean_tokens_per_step) if pretrained else 0
+        log(describe_plan(data, batches, steps, run) if pretrained else "  no pretraining: evaluated as initialised")
         if record is not None:  # for progress shown by another process (`harness run --jobs`)
             record.update_status(planned_steps=steps)
 
-        torch.manual_seed(train_cfg.seed)
-        model = PretrainingModel(config.model, data.vocab_size, data.specials.pad, nsp=config.data.nsp)
-        if config.model.init_from:
-            start_from(model, Path(config.model.init_from), config, log)
-        heldout_batches = fixed_mask_batches(data.heldout, data.specials, data.vocab_size, config.eval)
+        model = build_model(config, data, log)
         references = data_references(config, data)
-
-        def evaluate_heldout() -> dict[str, float]:
-            scores = heldout_mlm(model, heldout_batches, device, train_cfg.precision)
-            masked, masked_bytes = int(references["heldout_masked"]), int(references["heldout_masked_bytes"])
-            return {**scores, "heldout_bpb": bits_per_byte(scores["heldout_loss"], masked, masked_bytes)}
-
-        def log_metrics(row: dict[str, Any]) -> None:
-            if record is not None:
-                record.append_metrics(row)
-            if on_eval is not None and "heldout_loss" in row:
-                on_eval(row)
-
-        guards = RunGuards(checkpointer, options.spike_factor, distributed=ranks)
-        if pretrain:
-            result = train(
-                model, batches, train_cfg, steps, device, log_metrics, evaluate_heldout, progress and ranks.is_main,
-                options.compile_model, guards,
-            )  # fmt: skip
-        else:  # a control: not one optimizer step, so no training loss either
-            model.to(device)
-            result = TrainResult(steps=0, tokens_seen=0, sequences_seen=0, train_loss=math.nan, wall_s=0.0, train_s=0.0)
+        evaluate_heldout = heldout_evaluator(model, config, data, references, device)
+        log_metrics = metrics_logger(record, on_eval)
+        result = pretrain(model, batches, config, steps, device, log_metrics, evaluate_heldout, progress,
+                          checkpointer, options)  # fmt: skip
         if record is None:
             return None  # not rank 0: training was this process's share
-        heldout = evaluate_heldout()
-        record.append_metrics({"step": result.steps, "tokens": result.tokens_seen, "train_s": round(result.train_s, 2),
-                               "final": True, **heldout})  # fmt: skip
-        downstream = evaluate_downstream(
-            model, config, data.tokenizer, data.specials, device, run_dir / "predictions", log=log
-        )
 
-        checkpoint = run_dir / "checkpoint"
-        checkpoint.mkdir(exist_ok=True)
-        save_file(plain_state_dict(model), str(checkpoint / "model.safetensors"))
-        plain_mode(checkpoint / "model.safetensors")
-        data.tokenizer.save(str(checkpoint / "tokenizer.json"))
-
-        metrics = {
-            **({"train_loss": result.train_loss} if pretrain else {}),
-            **heldout,
-            "parameters": float(sum(p.numel() for p in model.parameters())),  # tied weights counted once
-            "heldout_unk_rate": unknown_token_rate(data.heldout.tokens, data.specials),
-        }
-        metrics.update(flat_downstream_metrics(downstream))
-        summary = {
-            **header,
-            "metrics": metrics,
-            "references": references,
-            "downstream": downstream,
-            "budget": {
-                "steps": result.steps,
-                "tokens": result.tokens_seen,
-                "sequences": result.sequences_seen,
-                "epochs": round(batches.epoch + batches.cursor / len(data.train), 3) if pretrain else 0.0,
-            },
-            "wall_s": round(time.perf_counter() - started, 2),
-            # this attempt's tokens over this attempt's time: a resumed run does not count restored tokens
-            "train_tokens_per_s": round(result.tokens_this_attempt / max(result.wall_s, 1e-9), 1),
-            "resumed_from_step": result.resumed_from_step,
-            "stage_keys": data.stage_keys,
-            "environment": {
-                "device": str(device),
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-                "code": code_version(),
-                "threads": torch.get_num_threads(),
-                "interop_threads": torch.get_num_interop_threads(),
-                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                "compile": options.compile_model,
-                "world_size": ranks.world,
-            },
-        }
+        heldout = evaluate_heldout()  # the finished model's, recorded as the final metrics row
+        record.append_metrics(final_row(result, heldout))
+        downstream = evaluate_downstream(model, config, data.tokenizer, data.specials, device, run_dir / "predictions",
+                                         log=log)  # fmt: skip
+        save_finished(model, data.tokenizer, run_dir / "checkpoint")
+        summary = finished_summary(run, data, batches, model, result, heldout, references, downstream, started,
+                                   device, options)  # fmt: skip
         record.finish(summary)
         # the training state is only for resuming; the finished model is in checkpoint/
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         return summary
     except BaseException as err:
-        if record is None:
-            raise
-        state = "pruned" if isinstance(err, RunPruned) else "diverged" if isinstance(err, Diverged) else "failed"
-        record.set_status(
-            state,
-            error=f"{type(err).__name__}: {err}",
-            traceback=traceback.format_exc(limit=20),
-            interrupted=isinstance(err, KeyboardInterrupt),
-            **({"divergence": err.details} if isinstance(err, Diverged) else {}),
-        )
+        if record is not None:
+            record_failure(record, err)
         raise
     finally:
         sys.stdout.flush()
+
+
+def start_record(run: Run, run_dir: Path, checkpointer: Checkpointer, ranks: Distributed) -> RunRecord | None:
+    """Rank 0 starts the run's record, or resumes it at its latest checkpoint. Under torchrun the
+    other ranks get None: rank 0 alone records."""
+    record = RunRecord(run_dir)
+    if ranks.is_main:
+        found = checkpointer.latest()
+        if found is None:
+            record.start(run.header, run.config.model_dump(mode="json"))
+        else:
+            record.resume(found.step)
+    ranks.barrier()  # the other ranks read the checkpoint rank 0 has just vetted
+    return record if ranks.is_main else None
+
+
+def pretrains(config: RunConfig) -> bool:
+    """False for a random-init control (train.pretrain false): evaluated as initialised."""
+    return config.train.pretrain is not False  # unset: pretrain, as before the field existed
+
+
+def pretraining_batches(config: RunConfig, data: PreparedData) -> PretrainingBatches:
+    train_cfg = config.train
+    return PretrainingBatches(
+        data.train, data.specials, data.vocab_size, config.masking, train_cfg.seed, train_cfg.micro_batch_size,
+        train_cfg.batch_size, train_cfg.tokens_per_step,
+    )  # fmt: skip
+
+
+def build_model(config: RunConfig, data: PreparedData, log=print) -> PretrainingModel:
+    """A model initialised from train.seed, then given model.init_from's weights when set."""
+    torch.manual_seed(config.train.seed)
+    model = PretrainingModel(config.model, data.vocab_size, data.specials.pad, nsp=config.data.nsp)
+    if config.model.init_from:
+        start_from(model, Path(config.model.init_from), config, log)
+    return model
+
+
+def heldout_evaluator(
+    model: PretrainingModel, config: RunConfig, data: PreparedData, references: dict[str, float], device: torch.device
+) -> Callable[[], dict[str, float]]:
+    """Held-out MLM scores of `model` as it is now, under the fixed mask (eval.mask_seed, shared by every
+    arm), plus bits per byte, which compares arms with different tokenizers (harness/references.py)."""
+    heldout_batches = fixed_mask_batches(data.heldout, data.specials, data.vocab_size, config.eval)
+    masked, masked_bytes = int(references["heldout_masked"]), int(references["heldout_masked_bytes"])
+
+    def evaluate_heldout() -> dict[str, float]:
+        scores = heldout_mlm(model, heldout_batches, device, config.train.precision)
+        return {**scores, "heldout_bpb": bits_per_byte(scores["heldout_loss"], masked, masked_bytes)}
+
+    return evaluate_heldout
+
+
+def metrics_logger(
+    record: RunRecord | None, on_eval: Callable[[dict[str, Any]], None] | None
+) -> Callable[[dict[str, Any]], None]:
+    """Training's metric rows go to metrics.jsonl (rank 0 only); held-out ones also to `on_eval`."""
+
+    def log_metrics(row: dict[str, Any]) -> None:
+        if record is not None:
+            record.append_metrics(row)
+        if on_eval is not None and "heldout_loss" in row:
+            on_eval(row)
+
+    return log_metrics
+
+
+def pretrain(
+    model: PretrainingModel,
+    batches: PretrainingBatches,
+    config: RunConfig,
+    steps: int,
+    device: torch.device,
+    log_metrics: Callable[[dict[str, Any]], None],
+    evaluate_heldout: Callable[[], dict[str, float]],
+    progress: bool,
+    checkpointer: Checkpointer,
+    options: RunOptions,
+) -> TrainResult:
+    """Pretraining with held-out evaluations along the way; a control skips it."""
+    ranks = options.distributed
+    guards = RunGuards(checkpointer, options.spike_factor, distributed=ranks)
+    if not pretrains(config):  # a control: not one optimizer step, so no training loss either
+        model.to(device)
+        return TrainResult(steps=0, tokens_seen=0, sequences_seen=0, train_loss=math.nan, wall_s=0.0, train_s=0.0)
+    return train(
+        model, batches, config.train, steps, device, log_metrics, evaluate_heldout, progress and ranks.is_main,
+        options.compile_model, guards,
+    )  # fmt: skip
+
+
+def final_row(result: TrainResult, heldout: dict[str, float]) -> dict[str, Any]:
+    return {"step": result.steps, "tokens": result.tokens_seen, "train_s": round(result.train_s, 2), "final": True,
+            **heldout}  # fmt: skip
+
+
+def save_finished(model: PretrainingModel, tokenizer: Tokenizer, checkpoint: Path) -> None:
+    """The finished model and its tokenizer, as load_pretrained reads them."""
+    checkpoint.mkdir(exist_ok=True)
+    save_file(plain_state_dict(model), str(checkpoint / "model.safetensors"))
+    plain_mode(checkpoint / "model.safetensors")
+    tokenizer.save(str(checkpoint / "tokenizer.json"))
+
+
+def finished_summary(
+    run: Run,
+    data: PreparedData,
+    batches: PretrainingBatches,
+    model: PretrainingModel,
+    result: TrainResult,
+    heldout: dict[str, float],
+    references: dict[str, float],
+    downstream: dict[str, Any],
+    started: float,
+    device: torch.device,
+    options: RunOptions,
+) -> dict[str, Any]:
+    """summary.json: the run's header, metrics, held-out floors, downstream scores, budget and environment."""
+    pretrained = pretrains(run.config)
+    metrics = {
+        **({"train_loss": result.train_loss} if pretrained else {}),
+        **heldout,
+        "parameters": float(sum(p.numel() for p in model.parameters())),  # tied weights counted once
+        "heldout_unk_rate": unknown_token_rate(data.heldout.tokens, data.specials),
+    }
+    metrics.update(flat_downstream_metrics(downstream))
+    return {
+        **run.header,
+        "metrics": metrics,
+        "references": references,
+        "downstream": downstream,
+        "budget": {
+            "steps": result.steps,
+            "tokens": result.tokens_seen,
+            "sequences": result.sequences_seen,
+            "epochs": round(batches.epoch + batches.cursor / len(data.train), 3) if pretrained else 0.0,
+        },
+        "wall_s": round(time.perf_counter() - started, 2),
+        # this attempt's tokens over this attempt's time: a resumed run does not count restored tokens
+        "train_tokens_per_s": round(result.tokens_this_attempt / max(result.wall_s, 1e-9), 1),
+        "resumed_from_step": result.resumed_from_step,
+        "stage_keys": data.stage_keys,
+        "environment": environment(device, options),
+    }
+
+
+def environment(device: torch.device, options: RunOptions) -> dict[str, Any]:
+    return {
+        "device": str(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "code": code_version(),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "compile": options.compile_model,
+        "world_size": options.distributed.world,
+    }
+
+
+def record_failure(record: RunRecord, err: BaseException) -> None:
+    """The run's status after `err`: pruned (a search stopped it), diverged (with what the guards
+    saw) or failed; Ctrl-C is a failure marked interrupted. Call it while handling `err`: the
+    traceback recorded is the one being handled."""
+    state = "pruned" if isinstance(err, RunPruned) else "diverged" if isinstance(err, Diverged) else "failed"
+    record.set_status(
+        state,
+        error=f"{type(err).__name__}: {err}",
+        traceback=traceback.format_exc(limit=20),
+        interrupted=isinstance(err, KeyboardInterrupt),
+        **({"divergence": err.details} if isinstance(err, Diverged) else {}),
+    )
