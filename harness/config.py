@@ -492,9 +492,9 @@ RUN_FACTS = ("parameters", "heldout_unk_rate")
 
 
 def lower_is_better(metric: str) -> bool:
-    """Losses, perplexities, unknown-token rates and model size fall as a setting improves; every
+    """Losses, perplexities, bits per byte, unknown-token rates and model size fall as a setting improves; every
     other metric rises."""
-    return metric.endswith(("loss", "ppl", "unk_rate", "parameters"))
+    return metric.endswith(("loss", "ppl", "bpb", "unk_rate", "parameters"))
 
 
 def metric_names() -> list[str]:

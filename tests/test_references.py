@@ -63,3 +63,9 @@ def test_a_run_records_its_floor_and_bits_per_byte(tmp_path, write_suite):
     summary_path.write_text(json.dumps(summary))
     assert main(["references", str(out / "t")]) == 0
     assert json.loads(summary_path.read_text())["references"] == pytest.approx(refs)
+
+
+def test_bits_per_byte_is_lower_is_better():
+    from harness.config import lower_is_better
+
+    assert lower_is_better("heldout_bpb") and lower_is_better("heldout_loss") and not lower_is_better("heldout_acc")
