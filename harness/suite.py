@@ -439,7 +439,13 @@ def _apply_variants(spec: SuiteSpec, source: str, scale: str | None, local_dir: 
             _check_override_keys(override, source, f"{where}.arms.{arm}")
             arms[arm] = deep_merge(arms[arm] or {}, override)
     name = f"{spec.name}.{scale}" if spec.scales else spec.name
-    return spec.model_copy(update={"name": name, "base": base, "arms": arms, "seeds": seeds})
+    description = spec.description.strip()
+    for where, variant in variants:  # a report states the scale's departures beside the suite's question
+        if variant.description.strip():
+            label = "Local data" if where == "local" else where.replace("scales.", "Scale ")
+            description += f"\n\n{label}: {variant.description.strip()}"
+    update = {"name": name, "base": base, "arms": arms, "seeds": seeds, "description": description}
+    return spec.model_copy(update=update)
 
 
 def load_suite(path: str | Path, overrides: list[str] = (), arms: list[str] | None = None) -> Suite:
