@@ -135,6 +135,7 @@ class Variant(Schema):
     base: dict[str, Any] = Field(default_factory=dict, description="Partial override of the suite's base.")
     arms: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Arm name -> partial override.")
     seeds: list[int] | None = Field(None, min_length=1, description="Pretraining seeds instead of the suite's.")
+    controls: list[str] | None = Field(None, description="Controls instead of the suite's (e.g. [random_init]).")
 
 
 class SuiteSpec(Schema):
@@ -428,9 +429,10 @@ def _apply_variants(spec: SuiteSpec, source: str, scale: str | None, local_dir: 
         variants.append((f"scales.{scale}", spec.scales[scale]))
     elif scale is not None:
         raise ConfigError("--set", "scale", "this suite declares no scales")
-    base, arms, seeds = spec.base, dict(spec.arms), spec.seeds
+    base, arms, seeds, controls = spec.base, dict(spec.arms), spec.seeds, spec.controls
     for where, variant in variants:
         seeds = variant.seeds or seeds
+        controls = variant.controls if variant.controls is not None else controls
         _check_override_keys(variant.base, source, f"{where}.base")
         base = deep_merge(base, variant.base)
         for arm, override in variant.arms.items():
@@ -444,7 +446,14 @@ def _apply_variants(spec: SuiteSpec, source: str, scale: str | None, local_dir: 
         if variant.description.strip():
             label = "Local data" if where == "local" else where.replace("scales.", "Scale ")
             description += f"\n\n{label}: {variant.description.strip()}"
-    update = {"name": name, "base": base, "arms": arms, "seeds": seeds, "description": description}
+    update = {
+        "name": name,
+        "base": base,
+        "arms": arms,
+        "seeds": seeds,
+        "controls": controls,
+        "description": description,
+    }
     return spec.model_copy(update=update)
 
 

@@ -172,3 +172,15 @@ def test_the_report_compares_every_arm_with_the_control(control_results):
     assert [c.name for c in comparisons_for(from_dir)] == [c.name for c in comparisons_for(results)]
     build_report(from_dir, report_dir.parent / "again")
     assert (report_dir.parent / "again" / "comparisons.csv").read_text() == comparisons
+
+
+def test_a_scale_can_add_controls_that_other_scales_do_not_have(write_suite):
+    suite = tiny_suite(scales={"plain": {}, "controlled": {"controls": ["random_init"], "seeds": [3]}},
+                       default_scale="plain")  # fmt: skip
+    path = write_suite(suite)
+    assert [r.arm for r in load_suite(path).runs] == ["dynamic", "static"]
+    controlled = load_suite(path, overrides=["scale=controlled"])
+    assert [(r.arm, r.seed) for r in controlled.runs] == [("dynamic", 3), ("static", 3), ("random-init", 3)]
+    bad = write_suite({**suite, "scales": {"controlled": {"controls": ["nope"]}}}, name="bad.yaml")
+    with pytest.raises(Exception, match="unknown control 'nope'"):
+        load_suite(bad, overrides=["scale=controlled"])
