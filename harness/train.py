@@ -60,7 +60,9 @@ def adamw(
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=device.type == "cuda")
+    # the fused kernel exists for CPU too, and on a tiny model the per-parameter loop of the default
+    # CPU implementation costs ~4x as long (1.6 vs 6.3 ms a step at 2 x 128)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=device.type in ("cuda", "cpu"))
 
 
 def autocast_for(precision: str, device: torch.device):
