@@ -60,7 +60,7 @@ def check_task_data(suite: Suite) -> None:
     for run in suite.runs:
         for task in run.config.eval.tasks:
             key = (task, run.config.eval.model_dump_json())
-            if key in checked or task.startswith("synthetic-"):
+            if key in checked or run.config.eval.task(task).definition.synthetic:
                 continue
             checked.add(key)
             try:
@@ -558,11 +558,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from harness.runner import evaluate_run
-    from harness.tasks import TASKS, TaskDataError
+    from harness.tasks import TaskDataError
 
-    unknown = [t for t in args.task or [] if t not in TASKS]
-    if unknown:
-        raise ConfigError("--task", "task", f"unknown task {', '.join(unknown)} (expected one of: {', '.join(TASKS)})")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     status = 0
     for run_dir in args.run_dir:

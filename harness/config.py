@@ -11,25 +11,18 @@ import copy
 import glob
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from harness.schema import ConfigError, Schema
+from harness.taskdef import TaskDef
 
-class ConfigError(Exception):
-    """A config problem found before any work starts: names the file, the key path and what was expected."""
-
-    def __init__(self, source: str, key_path: str, message: str):
-        self.source = source
-        self.key_path = key_path
-        self.message = message
-        super().__init__(f"{source}: {key_path or '<top>'}: {message}")
-
-
-class Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+if TYPE_CHECKING:
+    from harness.tasks import TaskSpec
 
 
 # --------------------------------------------------------------------------------------- model
@@ -357,8 +350,8 @@ class EvalConfig(Schema):
     batch_size: int = Field(64, ge=1, description="Sequences per evaluation forward pass.")
     tasks: list[str] = Field(
         default_factory=list,
-        description="Downstream tasks fine-tuned after pretraining: sst2, mnli, mnli-mm, qnli, rte, mrpc, cola, "
-        "stsb, qqp, synthetic-topic, synthetic-pair.",
+        description="Downstream tasks fine-tuned after pretraining: the built-in sst2, mnli, mnli-mm, qnli, rte, "
+        "mrpc, cola, stsb, qqp, synthetic-topic, synthetic-pair (harness/tasks.yaml), or any of task_defs.",
     )
     glue_dir: str | None = Field(
         None, description="Local GLUE download (TSV layout: SST-2/train.tsv, ...); unset: the hub (nyu-mll/glue)."
@@ -374,32 +367,74 @@ class EvalConfig(Schema):
     )
     task_files: dict[str, TaskFiles] | None = Field(
         None,
-        description="Task name -> its own train and dev files, for data not in GLUE's layout (e.g. MNLI as JSONL); "
-        "takes precedence over glue_dir and the hub for that task.",
+        description="Built-in task name -> its own train and dev files, for data not in GLUE's layout (e.g. MNLI as "
+        "JSONL); takes precedence over glue_dir and the hub for that task.",
+    )
+    task_defs: dict[str, TaskDef] | None = Field(
+        None,
+        description="Tasks declared as data (unset: none, as before the field existed): name -> definition: its "
+        "files or hub dataset, how they are read, its text and label fields, labels or regression, metrics and "
+        "caps (harness/taskdef.py). A suite's task files (`tasks_from`) add the definitions its runs name.",
     )
 
     @model_validator(mode="after")
     def _known_tasks_with_files(self) -> EvalConfig:
+        from harness.taskdef import TASK_NAME
         from harness.tasks import TASKS
 
+        declared = self.task_defs or {}
+        for name in declared:
+            if not re.fullmatch(TASK_NAME, name):
+                raise ValueError(f"task_defs.{name}: task names use letters, digits, _ and - (no '.')")
+            if name in TASKS:
+                raise ValueError(
+                    f"task_defs.{name}: {name} is a built-in task (harness/tasks.yaml): choose another name"
+                )
         task_files = self.task_files or {}
         for name in [*self.tasks, *self.task_overrides, *self.dev_splits, *task_files]:
-            if name not in TASKS:
-                raise ValueError(f"unknown task {name!r} (expected one of: {', '.join(TASKS)})")
+            if name not in TASKS and name not in declared:
+                declare = f"; declared: {', '.join(declared)}" if declared else ""
+                raise ValueError(
+                    f"unknown task {name!r} (expected one of: {', '.join(TASKS)}{declare}; "
+                    "or declare it under eval.task_defs)"
+                )
         for name, files in task_files.items():
+            if name in declared:
+                raise ValueError(f"task_files.{name}: {name} is declared in task_defs: give its files there")
             for path in (files.train, files.dev):
                 if not Path(path).is_file():
                     raise ValueError(f"task {name}: {path} not found (eval.task_files.{name})")
-        if self.glue_dir is not None:
-            for name in self.tasks:
-                spec = TASKS[name]
-                if spec.glue_dir is None or name in task_files:
-                    continue
-                for split in (spec.train_split, self.dev_splits.get(name, spec.dev_split)):
-                    path = Path(self.glue_dir) / spec.glue_dir / f"{split}.tsv"
-                    if not path.is_file():
-                        raise ValueError(f"task {name}: {path} not found (glue_dir must hold GLUE's TSV layout)")
+        for name in self.dev_splits:
+            if name in declared and declared[name].train is not None:
+                raise ValueError(f"dev_splits.{name}: {name} reads its own files: name the dev file in task_defs")
+        for name in self.tasks:
+            self._check_source(name, task_files)
         return self
+
+    def _check_source(self, name: str, task_files: dict[str, TaskFiles]) -> None:
+        """A task read from a GLUE download needs its files there; one with no other source needs glue_dir."""
+        definition = self.task(name).definition
+        if definition.synthetic or name in task_files or definition.train is not None:
+            return
+        glue = definition.glue
+        if glue is not None and self.glue_dir is not None:
+            for split in (glue.train, self.dev_splits.get(name, glue.dev)):
+                path = Path(self.glue_dir) / glue.folder / f"{split}.tsv"
+                if not path.is_file():
+                    raise ValueError(f"task {name}: {path} not found (glue_dir must hold GLUE's TSV layout)")
+        elif definition.hub is None:
+            raise ValueError(f"task {name}: reads a GLUE download ({glue.folder}/): set eval.glue_dir")
+
+    def task(self, name: str) -> TaskSpec:
+        """The task of that name: declared here, else built in."""
+        from harness.tasks import TASKS, TaskSpec
+
+        declared = (self.task_defs or {}).get(name)
+        if declared is not None:
+            return TaskSpec(name, declared)
+        if name not in TASKS:
+            raise ValueError(f"unknown task {name!r} (expected one of: {', '.join([*TASKS, *(self.task_defs or {})])})")
+        return TASKS[name]
 
     def finetune_for(self, task: str) -> FinetuneConfig:
         """The shared protocol with the task's overrides applied."""
@@ -443,7 +478,7 @@ class RunConfig(Schema):
                 f"model.token_types must be >= 2 for the pair format {self.data.format!r} (B is segment 1)"
             )
         for task in self.eval.tasks:
-            if task.startswith("synthetic-") and self.data.corpus.source != "synthetic":
+            if self.eval.task(task).definition.synthetic and self.data.corpus.source != "synthetic":
                 raise ValueError(f"eval.tasks: {task} needs data.corpus.source = synthetic")
         return self
 
@@ -470,6 +505,7 @@ ADDED_LATER = (
     "eval.task_overrides.*.lr_grid",  # *: every key of a mapping
     "eval.task_overrides.*.pooling",
     "train.pretrain",
+    "eval.task_defs",
 )
 
 
@@ -497,11 +533,13 @@ def lower_is_better(metric: str) -> bool:
     return metric.endswith(("loss", "ppl", "bpb", "unk_rate", "parameters"))
 
 
-def metric_names() -> list[str]:
-    """Every metric a run can report: pretraining ones, then `<task>.<metric>` for every task."""
+def metric_names(task_defs: dict[str, TaskDef] | None = None) -> list[str]:
+    """Every metric a run can report: pretraining ones, then `<task>.<metric>` for every built-in
+    task and every task of `task_defs`."""
     from harness.tasks import TASKS
 
-    return [*PRETRAINING_METRICS, *RUN_FACTS, *(f"{t}.{m}" for t, spec in TASKS.items() for m in spec.metrics)]
+    metrics = {**{t: spec.metrics for t, spec in TASKS.items()}, **{t: d.metrics for t, d in (task_defs or {}).items()}}
+    return [*PRETRAINING_METRICS, *RUN_FACTS, *(f"{t}.{m}" for t, names in metrics.items() for m in names)]
 
 
 # ------------------------------------------------------------------------------ dict utilities
@@ -584,7 +622,8 @@ def _fields_at(loc: tuple[Any, ...]) -> dict[str, Any] | None:
             continue
         annotation = field.annotation
         args = getattr(annotation, "__args__", ())
-        sub = next((a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        inner = [a for arg in args for a in getattr(arg, "__args__", ())]  # dict[str, X] | None: X
+        sub = next((a for a in (annotation, *args, *inner) if isinstance(a, type) and issubclass(a, BaseModel)), None)
         if sub is None:
             return None
         model = sub

@@ -29,7 +29,7 @@ from harness.data.masking import IGNORE, mask_sequence
 from harness.data.tokenizer import SpecialTokens
 from harness.model import PretrainingModel, SequenceClassifier
 from harness.records import atomic_write_json, read_json
-from harness.tasks import TASKS, TaskData, TaskSpec, load_task, majority_baseline, score
+from harness.tasks import TaskData, TaskSpec, load_task, majority_baseline, score
 from harness.train import adamw, autocast_for, lr_at
 
 EVAL_MASKING = MaskingConfig()  # the yardstick mask: the paper's defaults, independent of the arm
@@ -214,7 +214,7 @@ def select_lr(
             pretrained, spec, split, tokenizer, specials, config.model_copy(update={"lr": lr}), max_len, seed,
             device, precision, dropout,
         )  # fmt: skip
-        value = None if result.predictions is None else score(spec.name, split.dev_labels, result.predictions)[metric]
+        value = None if result.predictions is None else score(spec, split.dev_labels, result.predictions)[metric]
         scores[str(lr)] = value if value is not None and math.isfinite(value) else None
     scored = [lr for lr in config.lr_grid if scores[str(lr)] is not None]
     chosen = max(scored, key=lambda lr: scores[str(lr)]) if scored else min(config.lr_grid)  # ties: grid order
@@ -234,8 +234,9 @@ def task_data_for(config: RunConfig, name: str) -> TaskData:
     protocol = config.eval.finetune_for(name)
     files = (config.eval.task_files or {}).get(name)
     return load_task(
-        name, config.eval.glue_dir, getattr(config.data.corpus, "seed", 0), protocol.max_train_examples,
-        protocol.max_eval_examples, config.eval.dev_splits.get(name), (files.train, files.dev) if files else None,
+        config.eval.task(name), config.eval.glue_dir, getattr(config.data.corpus, "seed", 0),
+        protocol.max_train_examples, protocol.max_eval_examples, config.eval.dev_splits.get(name),
+        (files.train, files.dev) if files else None,
     )  # fmt: skip
 
 
@@ -256,8 +257,8 @@ def evaluate_downstream(
     the median, with the count shown. With an lr grid the choice is made first and kept beside them
     (predictions/<task>/lr_selection.json), then used by every seed."""
     results: dict[str, dict] = {}
-    for name in tasks if tasks is not None else config.eval.tasks:
-        spec = TASKS[name]
+    specs = {name: config.eval.task(name) for name in (tasks if tasks is not None else config.eval.tasks)}
+    for name, spec in specs.items():  # every name known (built in or declared by the run) before any work
         protocol = config.eval.finetune_for(name)
         data = task_data_for(config, name)
         folder = predictions_dir / name
@@ -295,7 +296,7 @@ def evaluate_downstream(
             if failed.is_file():
                 diverged[str(seed)] = int(failed.read_text())
             else:
-                per_seed[str(seed)] = score(name, data.dev_labels, np.load(done))
+                per_seed[str(seed)] = score(spec, data.dev_labels, np.load(done))
         metrics = {
             metric: {
                 "seeds": {s: v[metric] for s, v in per_seed.items()},
@@ -306,15 +307,27 @@ def evaluate_downstream(
         results[name] = {
             "metrics": metrics,
             "diverged_seeds": diverged,
-            "majority_baseline": majority_baseline(name, data),
+            "majority_baseline": majority_baseline(spec, data),
             "train_examples": len(data.train_a),
             "dev_examples": len(data.dev_a),
             "protocol": protocol.model_dump(mode="json"),
-            "dev_split": config.eval.dev_splits.get(name, spec.dev_split),
+            "dev_split": dev_split_name(spec, config.eval.dev_splits.get(name)),
         }
         if selection is not None:
             results[name]["lr_selection"] = selection
     return results
+
+
+def dev_split_name(spec: TaskSpec, chosen: str | None) -> str:
+    """What a summary calls the scored split: the chosen one, a GLUE file stem, or the task's dev file."""
+    d = spec.definition
+    if chosen is not None:
+        return chosen
+    if d.glue is not None:
+        return d.glue.dev
+    if d.dev is not None:
+        return d.dev.file or f"{d.dev.from_train:g} of {d.train.file}"
+    return d.hub.dev if d.hub is not None else "dev"
 
 
 def flat_downstream_metrics(downstream: dict[str, dict]) -> dict[str, float]:

@@ -34,6 +34,7 @@ from harness.config import (
     parse_set,
     validate_run_config,
 )
+from harness.taskdef import TaskDef
 
 CONTROLS = ("random_init",)
 RANDOM_INIT = "random-init"  # the control's arm name (arm names cannot hold the ':' of a group's name)
@@ -167,6 +168,12 @@ class SuiteSpec(Schema):
         None,
         description="Data directory (relative to the working directory) for the local variant when neither "
         "--set local nor HARNESS_LOCAL_DATA names one, it exists, and the Hugging Face hub cannot be reached.",
+    )
+    tasks_from: list[str] = Field(
+        default_factory=list,
+        description="Task files (YAML: task name -> definition, as eval.task_defs; paths relative to the working "
+        "directory). Each run takes from them the definitions of the tasks its eval names and does not declare "
+        "itself, so an unused definition never enters a run's config or id.",
     )
     controls: list[str] = Field(
         default_factory=list,
@@ -492,12 +499,7 @@ def load_suite(path: str | Path, overrides: list[str] = (), arms: list[str] | No
         _check_override_keys(nested(parts, value), "--set", "")
         cli_override = deep_merge(cli_override, nested(parts, value))
 
-    known_metrics = metric_names()
-    for metric in spec.metrics:
-        if metric not in known_metrics:
-            raise ConfigError(
-                source, "metrics", f"unknown metric {metric!r} (expected one of: {', '.join(known_metrics)})"
-            )
+    library = _task_library(spec, source)
     if spec.baseline is not None and spec.baseline not in spec.arms:
         raise ConfigError(source, "baseline", f"no arm named {spec.baseline!r}")
     _check_comparisons(spec, source)
@@ -517,10 +519,17 @@ def load_suite(path: str | Path, overrides: list[str] = (), arms: list[str] | No
     _check_train_section(spec.base, source, "base.")
     runs: list[Run] = []
     for arm in selected:
-        runs.extend(_arm_runs(spec, arm, cli_override, source))
+        runs.extend(_arm_runs(spec, arm, cli_override, source, library))
     # controls come after every arm, so adding them leaves the arms' places in `--shard` unchanged
     for control in selected_controls:
-        runs.extend(_control_runs(spec, control, controls[control], cli_override, source))
+        runs.extend(_control_runs(spec, control, controls[control], cli_override, source, library))
+    declared = {name: d for run in runs for name, d in (run.config.eval.task_defs or {}).items()}
+    known_metrics = metric_names(declared)
+    for metric in spec.metrics:
+        if metric not in known_metrics:
+            raise ConfigError(
+                source, "metrics", f"unknown metric {metric!r} (expected one of: {', '.join(known_metrics)})"
+            )
     for metric in spec.metrics:
         task = metric.split(".")[0]
         if "." in metric and any(task not in r.config.eval.tasks for r in runs):
@@ -531,14 +540,53 @@ def load_suite(path: str | Path, overrides: list[str] = (), arms: list[str] | No
     return Suite(path=path, spec=spec, runs=runs)
 
 
-def _arm_runs(spec: SuiteSpec, arm: str, cli_override: dict[str, Any], source: str) -> list[Run]:
-    """One run per seed of the arm, its config resolved base <- arm <- `--set` and validated."""
+def _task_library(spec: SuiteSpec, source: str) -> dict[str, TaskDef]:
+    """The definitions of the suite's task files, each file validated on its own (errors name it)."""
+    from harness.tasks import TASKS, load_task_definitions
+
+    library: dict[str, TaskDef] = {}
+    origin: dict[str, str] = {}
+    for index, path in enumerate(spec.tasks_from):
+        if not Path(path).is_file():
+            raise ConfigError(source, f"tasks_from.{index}", f"task file {path} not found")
+        for name, definition in load_task_definitions(path).items():
+            if name in TASKS:
+                raise ConfigError(path, name, f"{name} is a built-in task (harness/tasks.yaml): choose another name")
+            if name in library:
+                raise ConfigError(path, name, f"{name} is defined in {origin[name]} too")
+            library[name], origin[name] = definition, path
+    return library
+
+
+def _with_library_tasks(resolved: dict[str, Any], library: dict[str, TaskDef]) -> dict[str, Any]:
+    """The resolved config with the task-file definitions of every task its eval names (in tasks,
+    task_overrides or dev_splits) and does not declare itself added to eval.task_defs."""
+    evaluation = resolved.get("eval")
+    if not library or not isinstance(evaluation, dict):
+        return resolved
+    named = []
+    for key in ("tasks", "task_overrides", "dev_splits"):
+        value = evaluation.get(key)
+        named += [n for n in value if isinstance(n, str)] if isinstance(value, (list, dict)) else []
+    own = evaluation.get("task_defs")
+    own = own if isinstance(own, dict) else {}
+    added = {n: library[n].model_dump(mode="json", exclude_none=True) for n in named if n in library and n not in own}
+    if not added:
+        return resolved
+    return deep_merge(resolved, {"eval": {"task_defs": {**own, **added}}})
+
+
+def _arm_runs(
+    spec: SuiteSpec, arm: str, cli_override: dict[str, Any], source: str, library: dict[str, TaskDef] | None = None
+) -> list[Run]:
+    """One run per seed of the arm, its config resolved base <- arm <- `--set` and validated; the
+    task-file definitions of the tasks it names are added to its eval.task_defs."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", arm):
         raise ConfigError(source, f"arms.{arm}", "arm names may use letters, digits and . _ + -")
     arm_override = spec.arms[arm] or {}
     _check_override_keys(arm_override, source, f"arms.{arm}")
     _check_train_section(arm_override, source, f"arms.{arm}.")
-    resolved = deep_merge(deep_merge(spec.base, arm_override), cli_override)
+    resolved = _with_library_tasks(deep_merge(deep_merge(spec.base, arm_override), cli_override), library or {})
     runs = []
     for seed in spec.seeds:
         seeded = deep_merge(resolved, {"train": {"seed": seed}})
@@ -550,12 +598,19 @@ def _arm_runs(spec: SuiteSpec, arm: str, cli_override: dict[str, Any], source: s
     return runs
 
 
-def _control_runs(spec: SuiteSpec, control: str, arm: str, cli_override: dict[str, Any], source: str) -> list[Run]:
+def _control_runs(
+    spec: SuiteSpec,
+    control: str,
+    arm: str,
+    cli_override: dict[str, Any],
+    source: str,
+    library: dict[str, TaskDef] | None = None,
+) -> list[Run]:
     """The random-init control of `arm`, per seed: the arm's resolved config with `train.pretrain`
     false (so its own run id) and no `model.init_from` (the encoder keeps the random initialisation
     the seed gives; a start checkpoint's tokenizer is still used). Evaluated like every run."""
     runs = []
-    for run in _arm_runs(spec, arm, cli_override, source):
+    for run in _arm_runs(spec, arm, cli_override, source, library):
         raw = deep_merge(
             run.config.model_dump(mode="json"), {"model": {"init_from": None}, "train": {"pretrain": False}}
         )

@@ -1,81 +1,60 @@
-"""Downstream tasks: what each reads, its labels and its metrics (GLUE's own choices), and where its
-data comes from: a local directory in GLUE's TSV layout, a hub dataset, or the synthetic world.
+"""Downstream tasks: the registry, each task's examples, and their scores.
 
-Metrics are scikit-learn's and SciPy's, never hand-written.
+Every task is a definition (harness/taskdef.py): the built-in ones are read from
+harness/tasks.yaml, a suite declares more under `eval.task_defs` or in task files it names. A
+task's examples come from its own files (TSV / CSV, with or without a header, JSONL, JSON), a
+local GLUE download, the hub or the synthetic world; its metrics are scikit-learn's and SciPy's
+(harness/metrics.py). Bad data raises `TaskDataError` naming the task, the file, the field and the
+line: `harness run` reads every task once before any training, so it stops there.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import random
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import yaml
+from pydantic import ValidationError
 
 from harness.data.synthetic import generate_document, generate_topic_task, make_world
+from harness.metrics import METRICS
 from harness.records import jsonl_lines
+from harness.schema import ConfigError
+from harness.taskdef import TASK_NAME, Fields, Reading, TaskDef, file_format
 
 
 class TaskDataError(Exception):
-    """Task data that cannot be used: names the file, the column or label, and what was expected."""
-
-
-def _sklearn(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
-    def metric(y: np.ndarray, p: np.ndarray) -> float:
-        import sklearn.metrics  # imported when scored: config validation stays fast
-
-        return float(getattr(sklearn.metrics, name)(y, p))
-
-    return metric
-
-
-def _scipy(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
-    def metric(y: np.ndarray, p: np.ndarray) -> float:
-        import scipy.stats
-
-        return float(getattr(scipy.stats, name)(y, p)[0])
-
-    return metric
-
-
-METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "accuracy": _sklearn("accuracy_score"),
-    "f1": _sklearn("f1_score"),
-    "matthews": _sklearn("matthews_corrcoef"),
-    "pearson": _scipy("pearsonr"),
-    "spearman": _scipy("spearmanr"),
-}
-
-
-@dataclass(frozen=True)
-class GlueFile:
-    """Where a GLUE TSV keeps its fields; `columns` names a file without a header (CoLA)."""
-
-    text_a: str
-    text_b: str | None
-    label: str
-    columns: tuple[str, ...] | None = None
+    """Task data that cannot be used: names the task, the file, the field and the line or row."""
 
 
 @dataclass(frozen=True)
 class TaskSpec:
+    """A task by name, with its definition."""
+
     name: str
-    labels: tuple[str, ...] | None  # None: regression
-    metrics: tuple[str, ...]  # the first is the task's headline
-    glue_dir: str | None = None  # the task's folder in a GLUE download
-    glue_file: GlueFile | None = None
-    train_split: str = "train"
-    dev_split: str = "dev"
-    hub: tuple[str, str] | None = None  # (dataset, config) on the hub
-    hub_dev_split: str = "validation"
+    definition: TaskDef
+
+    @property
+    def labels(self) -> tuple[str, ...] | None:  # None: regression
+        labels = self.definition.labels
+        return None if labels is None else tuple(str(label) for label in labels)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:  # the first is the task's headline
+        return tuple(self.definition.metrics)
 
     @property
     def is_regression(self) -> bool:
-        return self.labels is None
+        return self.definition.is_regression
 
     @property
     def num_outputs(self) -> int:
@@ -83,7 +62,7 @@ class TaskSpec:
 
     @property
     def is_pair(self) -> bool:
-        return self.glue_file is not None and self.glue_file.text_b is not None
+        return self.definition.is_pair
 
 
 @dataclass(frozen=True)
@@ -96,70 +75,295 @@ class TaskData:
     dev_labels: np.ndarray
 
 
-NLI3 = ("entailment", "neutral", "contradiction")
-ENTAIL2 = ("entailment", "not_entailment")
-BINARY = ("0", "1")
-
-TASKS: dict[str, TaskSpec] = {
-    spec.name: spec
-    for spec in [
-        TaskSpec("sst2", BINARY, ("accuracy",), "SST-2", GlueFile("sentence", None, "label"),
-                 hub=("nyu-mll/glue", "sst2")),
-        TaskSpec("cola", BINARY, ("matthews",), "CoLA",
-                 GlueFile("sentence", None, "label", ("source", "label", "original_label", "sentence")),
-                 hub=("nyu-mll/glue", "cola")),
-        TaskSpec("mrpc", BINARY, ("f1", "accuracy"), "MRPC", GlueFile("#1 String", "#2 String", "Quality"),
-                 hub=("nyu-mll/glue", "mrpc")),
-        TaskSpec("qqp", BINARY, ("f1", "accuracy"), "QQP", GlueFile("question1", "question2", "is_duplicate"),
-                 hub=("nyu-mll/glue", "qqp")),
-        TaskSpec("stsb", None, ("pearson", "spearman"), "STS-B", GlueFile("sentence1", "sentence2", "score"),
-                 hub=("nyu-mll/glue", "stsb")),
-        TaskSpec("rte", ENTAIL2, ("accuracy",), "RTE", GlueFile("sentence1", "sentence2", "label"),
-                 hub=("nyu-mll/glue", "rte")),
-        TaskSpec("qnli", ENTAIL2, ("accuracy",), "QNLI", GlueFile("question", "sentence", "label"),
-                 hub=("nyu-mll/glue", "qnli")),
-        TaskSpec("mnli", NLI3, ("accuracy",), "MNLI", GlueFile("sentence1", "sentence2", "gold_label"),
-                 dev_split="dev_matched", hub=("nyu-mll/glue", "mnli"), hub_dev_split="validation_matched"),
-        TaskSpec("mnli-mm", NLI3, ("accuracy",), "MNLI", GlueFile("sentence1", "sentence2", "gold_label"),
-                 dev_split="dev_mismatched", hub=("nyu-mll/glue", "mnli"), hub_dev_split="validation_mismatched"),
-        TaskSpec("synthetic-topic", tuple(str(i) for i in range(6)), ("accuracy",)),
-        TaskSpec("synthetic-pair", BINARY, ("accuracy",), glue_file=GlueFile("a", "b", "label")),
-    ]
-}  # fmt: skip
+# ------------------------------------------------------------------------------- definitions
 
 
-def _read_glue_tsv(path: Path, spec: TaskSpec) -> tuple[list[str], list[str] | None, list[str]]:
-    import datasets
-
-    if not path.is_file():
-        raise TaskDataError(f"{spec.name}: {path} not found (expected GLUE's {spec.glue_dir}/{path.name})")
-    layout = spec.glue_file
-    options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "encoding": "utf-8-sig", "keep_default_na": False}
-    if layout.columns:
-        options.update(column_names=list(layout.columns), header=None)
-    table = datasets.load_dataset("csv", data_files=str(path), split="train", **options)
-    needed = [c for c in (layout.text_a, layout.text_b, layout.label) if c]
-    missing = [c for c in needed if c not in table.column_names]
-    if missing:
-        raise TaskDataError(
-            f"{spec.name}: {path} has no column {', '.join(missing)} (have: {', '.join(table.column_names)})"
-        )
-    b = [str(x) for x in table[layout.text_b]] if layout.text_b else None
-    return [str(x) for x in table[layout.text_a]], b, [str(x) for x in table[layout.label]]
-
-
-def _labels_to_array(raw: list[str], spec: TaskSpec, where: str) -> np.ndarray:
-    if spec.is_regression:
+def load_task_definitions(path: str | Path) -> dict[str, TaskDef]:
+    """A task file: a mapping of task name -> definition, each validated on its own, so an error
+    names this file, the task and the field."""
+    source = str(path)
+    if not Path(path).is_file():
+        raise ConfigError(source, "", "task file not found")
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(source, "", f"not valid YAML: {err}") from None
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(source, "", "expected a mapping of task name -> definition")
+    definitions = {}
+    for name, body in raw.items():
+        if not isinstance(name, str) or not re.fullmatch(TASK_NAME, name):
+            raise ConfigError(source, str(name), "task names use letters, digits, _ and - (no '.')")
         try:
-            return np.asarray([float(x) for x in raw], dtype=np.float32)
-        except ValueError as err:
-            raise TaskDataError(f"{spec.name}: {where}: a score is not a number ({err})") from None
-    index = {label: i for i, label in enumerate(spec.labels)}
-    bad = sorted({x for x in raw if x not in index})
+            definitions[name] = TaskDef.model_validate(body)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in (name, *err["loc"]))
+            raise ConfigError(source, where, describe_error(err)) from None
+    return definitions
+
+
+def describe_error(err: dict[str, Any]) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required key is missing"
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{message} (got {err['input']!r})" if err["type"] != "value_error" and "input" in err else message
+
+
+BUILTIN_FILE = Path(__file__).with_name("tasks.yaml")
+TASKS: dict[str, TaskSpec] = {name: TaskSpec(name, d) for name, d in load_task_definitions(BUILTIN_FILE).items()}
+
+
+def as_spec(task: str | TaskSpec) -> TaskSpec:
+    return TASKS[task] if isinstance(task, str) else task
+
+
+# ------------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Table:
+    """Rows read from one file or hub split: the columns a task takes, and where each row is."""
+
+    source: str  # the file, or the hub split, for messages
+    names: list[str]  # every column / field it has
+    records: list[dict[str, Any]]
+    places: list[str] | None  # "line 12" per row; None: "row i"
+
+    def place(self, index: int) -> str:
+        return self.places[index] if self.places is not None else f"row {index}"
+
+
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def read_file(task: str, path: str, reading: Reading, field: str) -> Table:
+    """Every row of a task's file, as `reading` says; `field` names the setting that gave the path."""
+    if not Path(path).is_file():
+        raise TaskDataError(f"{task}: {path} not found ({field})")
+    fmt = file_format(reading, path)
+    if fmt is None:
+        raise TaskDataError(f"{task}: {path}: cannot tell the format from the suffix: set format ({field})")
+    text = decode(task, path, reading.encoding or "utf-8")
+    if fmt in ("tsv", "csv"):
+        table = _delimited(task, path, text, reading, fmt)
+    elif fmt == "jsonl":
+        table = _jsonl(task, path, text)
+    else:
+        table = _json(task, path, text)
+    return _select(task, table, reading.where)
+
+
+def decode(task: str, path: str, encoding: str) -> str:
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise TaskDataError(
+            f"{task}: {path}: byte 0x{data[err.start]:02x} at offset {err.start} (line {line}) is not valid "
+            f"{encoding} (encoding): set encoding to the file's, e.g. latin-1"
+        ) from None
+    return text.removeprefix("\ufeff")
+
+
+def _delimited(task: str, path: str, text: str, reading: Reading, fmt: str) -> Table:
+    delimiter = reading.delimiter or ("\t" if fmt == "tsv" else ",")
+    if (reading.quoting or ("none" if fmt == "tsv" else "csv")) == "none":
+        # each line is a row, quote characters are text (GLUE's TSVs); blank lines are skipped
+        split = -1 if reading.maxsplit is None else reading.maxsplit
+        lines = ((n, line.split(delimiter, split)) for n, line in enumerate(LINE_BREAK.split(text), 1) if line)
+    else:
+        lines = _csv_lines(task, path, csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True))
+    header = reading.header if reading.header is not None else reading.columns is None
+    if header:
+        first = next(lines, None)
+        names = [] if first is None else first[1]
+    else:
+        names = list(reading.columns)
+    records, places = [], []
+    for number, fields in lines:
+        if len(fields) != len(names):
+            given = "the header has" if header else "columns names"
+            raise TaskDataError(
+                f"{task}: {path}: line {number} has {len(fields)} fields, {given} {len(names)} "
+                f"(delimiter {delimiter!r})"
+            )
+        records.append(dict(zip(names, fields)))
+        places.append(f"line {number}")
+    return Table(path, names, records, places)
+
+
+def _csv_lines(task: str, path: str, reader) -> Iterator[tuple[int, list[str]]]:
+    try:
+        for row in reader:
+            if row:
+                yield reader.line_num, row
+    except csv.Error as err:
+        raise TaskDataError(f"{task}: {path}: line {reader.line_num}: {err}") from None
+
+
+def _jsonl(task: str, path: str, text: str) -> Table:
+    records, places = [], []
+    for number, line in jsonl_lines(text):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TaskDataError(
+                f"{task}: {path}: line {number} is not valid JSON ({err.msg}, column {err.colno})"
+            ) from None
+        if not isinstance(row, dict):
+            raise TaskDataError(f"{task}: {path}: line {number} is a JSON {type(row).__name__}, not an object")
+        records.append(row)
+        places.append(f"line {number}")
+    return Table(path, list(records[0]) if records else [], records, places)
+
+
+def _json(task: str, path: str, text: str) -> Table:
+    try:
+        loaded = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise TaskDataError(
+            f"{task}: {path}: not valid JSON at line {err.lineno}, column {err.colno} ({err.msg})"
+        ) from None
+    if isinstance(loaded, dict):  # an object of rows keyed by id
+        places, records = [f"item {key!r}" for key in loaded], list(loaded.values())
+    elif isinstance(loaded, list):
+        places, records = [f"item [{i}]" for i in range(len(loaded))], loaded
+    else:
+        raise TaskDataError(f"{task}: {path}: expected a list of objects, or an object of them keyed by id")
+    for place, row in zip(places, records):
+        if not isinstance(row, dict):
+            raise TaskDataError(f"{task}: {path}: {place} is a JSON {type(row).__name__}, not an object")
+    return Table(path, list(records[0]) if records else [], records, places)
+
+
+def _select(task: str, table: Table, where: dict[str, str] | None) -> Table:
+    """The rows whose fields hold `where`'s values; a table without rows is an error."""
+    if not table.records:
+        raise TaskDataError(f"{task}: {table.source}: no rows")
+    if not where:
+        return table
+    for column in where:
+        if column not in table.names:
+            raise TaskDataError(f"{task}: {table.source}: no column {column} (where; have: {', '.join(table.names)})")
+    keep = [i for i, r in enumerate(table.records) if all(str(r.get(c)) == v for c, v in where.items())]
+    if not keep:
+        shown = ", ".join(f"{c} = {v}" for c, v in where.items())
+        raise TaskDataError(f"{task}: {table.source}: no rows where {shown} (where)")
+    places = None if table.places is None else [table.places[i] for i in keep]
+    return Table(table.source, table.names, [table.records[i] for i in keep], places)
+
+
+def _column(task: str, table: Table, name: str, role: str) -> list[Any]:
+    if name not in table.names:
+        raise TaskDataError(f"{task}: {table.source} has no column {name} ({role}; have: {', '.join(table.names)})")
+    values = []
+    for index, record in enumerate(table.records):
+        if name not in record:
+            raise TaskDataError(f"{task}: {table.source}: {table.place(index)} has no field {name!r} ({role})")
+        values.append(record[name])
+    return values
+
+
+def _texts(task: str, table: Table, name: str, role: str) -> list[str]:
+    values = _column(task, table, name, role)
+    for index, value in enumerate(values):
+        if value is None:
+            raise TaskDataError(f"{task}: {table.source}: {table.place(index)}: {name} is null ({role})")
+    return [str(v) for v in values]
+
+
+def _labels(spec: TaskSpec, table: Table, fields: Fields) -> np.ndarray:
+    """The label field as class ids (int64) or scores (float32), every bad value named by its row."""
+    values = _column(spec.name, table, fields.label, "label")
+    where = f"{spec.name}: {table.source}"
+    if spec.is_regression:
+        bounds = spec.definition.regression
+        scores = []
+        for index, value in enumerate(values):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise TaskDataError(
+                    f"{where}: {table.place(index)}: score {value!r} ({fields.label}) is not a number"
+                ) from None
+            low, high = bounds.min, bounds.max
+            if (low is not None and number < low) or (high is not None and number > high):
+                raise TaskDataError(
+                    f"{where}: {table.place(index)}: score {number:g} ({fields.label}) is outside the range "
+                    f"[{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}] (regression)"
+                )
+            scores.append(number)
+        return np.asarray(scores, dtype=np.float32)
+    labels = spec.labels
+    if fields.label_ids:
+        ids = [_class_id(v, len(labels)) for v in values]
+        expected = f"a class id 0..{len(labels) - 1} (label_ids)"
+    else:
+        index = {label: i for i, label in enumerate(labels)}
+        ids = [index.get(str(v)) for v in values]
+        expected = f"in the label set {list(labels)}"
+    bad = [i for i, label_id in enumerate(ids) if label_id is None]
     if bad:
-        shown = ", ".join(repr(b) for b in bad[:5])
-        raise TaskDataError(f"{spec.name}: {where}: labels {shown} are outside the label set {list(spec.labels)}")
-    return np.asarray([index[x] for x in raw], dtype=np.int64)
+        first = bad[0]
+        others = sorted({repr(str(values[i])) for i in bad[1:]} - {repr(str(values[first]))})
+        more = f"; {len(bad) - 1} more row(s) are outside it too" if len(bad) > 1 else ""
+        more += f" ({', '.join(others[:5])})" if others else ""
+        raise TaskDataError(
+            f"{where}: {table.place(first)}: label {values[first]!r} ({fields.label}) is not {expected}{more}"
+        )
+    return np.asarray(ids, dtype=np.int64)
+
+
+def _class_id(value: Any, count: int) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    return value if isinstance(value, int) and 0 <= value < count else None
+
+
+def _examples(spec: TaskSpec, table: Table, fields: Fields) -> tuple[list[str], list[str] | None, np.ndarray]:
+    a = _texts(spec.name, table, fields.text_a, "text_a")
+    b = _texts(spec.name, table, fields.text_b, "text_b") if fields.text_b else None
+    return a, b, _labels(spec, table, fields)
+
+
+def read_source(spec: TaskSpec, path: str, reading: Reading, field: str):
+    """(texts A, texts B or None, labels) of one file."""
+    return _examples(spec, read_file(spec.name, path, reading, field), reading)
+
+
+# ------------------------------------------------------------------------------------- sources
+
+
+def load_declared_files(spec: TaskSpec) -> TaskData:
+    """A task's own train and dev files (dev may be a share of the training rows)."""
+    d = spec.definition
+    train = read_source(spec, d.train.file, d.reading(d.train), "train.file")
+    if d.dev.from_train is not None:
+        return hold_out(spec, train, d.dev.from_train)
+    dev = read_source(spec, d.dev.file, d.reading(d.dev), "dev.file")
+    return TaskData(*train, *dev)
+
+
+HOLD_OUT_SEED = 0
+
+
+def hold_out(spec: TaskSpec, train, share: float) -> TaskData:
+    """dev.from_train: a seeded share of the training rows scored, the rest trained on (both in file order)."""
+    a, b, labels = train
+    n = len(a)
+    if n < 2:
+        raise TaskDataError(f"{spec.name}: dev.from_train needs at least 2 training rows, the file has {n}")
+    order = np.random.default_rng(HOLD_OUT_SEED).permutation(n)
+    held = min(n - 1, max(1, round(share * n)))
+    fit, back = np.sort(order[held:]), np.sort(order[:held])
+    take = lambda xs, idx: None if xs is None else [xs[i] for i in idx]  # noqa: E731
+    return TaskData(take(a, fit), take(b, fit), labels[fit], take(a, back), take(b, back), labels[back])
 
 
 # field names that hold a pair's two texts and its label in common JSON releases of these tasks
@@ -168,96 +372,88 @@ _JSON_TEXT_B = ("sentence2", "hypothesis", "text_b", "sentence")
 _JSON_LABEL = ("label", "gold_label")
 
 
-def _read_jsonl_rows(path: Path, spec: TaskSpec) -> list:
-    rows = []
-    for number, line in jsonl_lines(path.read_text(encoding="utf-8")):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise TaskDataError(
-                f"{spec.name}: {path}: line {number} is not valid JSON ({err.msg}, column {err.colno})"
-            ) from None
-    return rows
-
-
-def _read_json_rows(path: Path, spec: TaskSpec) -> tuple[list[str], list[str] | None, list[str]]:
-    try:
-        if path.suffix == ".jsonl":
-            rows = _read_jsonl_rows(path, spec)
+def load_task_files(spec: TaskSpec, train: str, dev: str) -> TaskData:
+    """`eval.task_files`: a built-in task from two other files, chosen by suffix: a .tsv is read
+    with the task's GLUE layout, a .jsonl / .json by the usual field names of its releases."""
+    splits = []
+    for path in (train, dev):
+        suffix = Path(path).suffix
+        if suffix == ".tsv" and spec.definition.glue is not None:
+            d = spec.definition
+            reading = d.reading(d.glue).model_copy(update={"format": "tsv"})
+            splits.append(read_source(spec, path, reading, f"eval.task_files.{spec.name}"))
+        elif suffix in (".jsonl", ".json"):
+            reading = Reading.model_construct(format=suffix[1:])
+            table = read_file(spec.name, path, reading, f"eval.task_files.{spec.name}")
+            splits.append(_examples(spec, table, _guess_fields(spec, table)))
         else:
-            loaded = json.loads(path.read_text(encoding="utf-8"))
-            rows = list(loaded.values()) if isinstance(loaded, dict) else loaded
-    except (OSError, ValueError) as err:
-        raise TaskDataError(f"{spec.name}: cannot read {path}: {err}") from None
-    if not rows or not all(isinstance(row, dict) for row in rows):
-        raise TaskDataError(f"{spec.name}: {path} holds no rows of named fields")
+            raise TaskDataError(f"{spec.name}: {path}: expected a .tsv, .jsonl or .json file")
+    return TaskData(*splits[0], *splits[1])
+
+
+def _guess_fields(spec: TaskSpec, table: Table) -> Fields:
+    first = table.records[0]
 
     def field(candidates: tuple[str, ...], exclude: str | None = None) -> str | None:
-        return next((c for c in candidates if c in rows[0] and c != exclude), None)
+        return next((c for c in candidates if c in first and c != exclude), None)
 
     a_key = field(_JSON_TEXT_A)
     b_key = field(_JSON_TEXT_B, exclude=a_key) if spec.is_pair else None
     label_key = field(_JSON_LABEL)
     if a_key is None or label_key is None or (spec.is_pair and b_key is None):
-        raise TaskDataError(f"{spec.name}: {path}: no text or label field among {sorted(rows[0])}")
-    try:
-        a = [str(row[a_key]) for row in rows]
-        b = [str(row[b_key]) for row in rows] if b_key else None
-        labels = [str(row[label_key]) for row in rows]
-    except KeyError as err:
-        raise TaskDataError(f"{spec.name}: {path}: a row has no field {err}") from None
-    return a, b, labels
+        raise TaskDataError(f"{spec.name}: {table.source}: no text or label field among {sorted(first)}")
+    return Fields.model_construct(text_a=a_key, text_b=b_key, label=label_key)
 
 
-def load_task_files(spec: TaskSpec, train: str, dev: str) -> TaskData:
-    """A task from its own two files: GLUE-style TSV, JSONL or JSON, chosen by suffix."""
-    splits = []
-    for name in (train, dev):
-        path = Path(name)
-        if path.suffix == ".tsv":
-            a, b, labels = _read_glue_tsv(path, spec)
-        elif path.suffix in (".jsonl", ".json"):
-            a, b, labels = _read_json_rows(path, spec)
-        else:
-            raise TaskDataError(f"{spec.name}: {path}: expected a .tsv, .jsonl or .json file")
-        splits.append((a, b, _labels_to_array(labels, spec, str(path))))
-    (ta, tb, tl), (da, db, dl) = splits
-    return TaskData(ta, tb, tl, da, db, dl)
-
-
-def load_glue_task(spec: TaskSpec, glue_dir: str | None, dev_split: str | None = None) -> TaskData:
+def load_glue_task(task: str | TaskSpec, glue_dir: str | None, dev_split: str | None = None) -> TaskData:
     """From `glue_dir` (GLUE's TSV layout) when given, else from the hub; `dev_split` replaces the
-    task's default dev split (a file stem locally, a split name on the hub)."""
-    if dev_split is not None:
-        spec = replace(spec, dev_split=dev_split, hub_dev_split=dev_split)
-    if glue_dir is not None:
-        folder = Path(glue_dir) / spec.glue_dir
-        return load_task_files(spec, str(folder / f"{spec.train_split}.tsv"), str(folder / f"{spec.dev_split}.tsv"))
-    return _load_hub_task(spec)
+    task's dev split (a file stem locally, a split name on the hub)."""
+    spec = as_spec(task)
+    d = spec.definition
+    if glue_dir is not None and d.glue is not None:
+        folder = Path(glue_dir) / d.glue.folder
+        reading = d.reading(d.glue).model_copy(update={"format": "tsv"})
+        splits = []
+        for stem in (d.glue.train, dev_split or d.glue.dev):
+            path = folder / f"{stem}.tsv"
+            field = f"expected GLUE's {d.glue.folder}/{path.name} under eval.glue_dir"
+            splits.append(read_source(spec, str(path), reading, field))
+        return TaskData(*splits[0], *splits[1])
+    if d.hub is None:
+        raise TaskDataError(f"{spec.name}: reads a GLUE download: set eval.glue_dir")
+    return _load_hub_task(spec, dev_split)
 
 
-def _load_hub_task(spec: TaskSpec) -> TaskData:
+def _load_hub_task(spec: TaskSpec, dev_split: str | None) -> TaskData:
     import datasets
 
-    name, config = spec.hub
-    try:
-        train = datasets.load_dataset(name, config, split="train")
-        dev = datasets.load_dataset(name, config, split=spec.hub_dev_split)
-    except Exception as err:  # datasets raises many types when offline
-        offline = " (offline mode is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
-        raise TaskDataError(
-            f"{spec.name}: could not load {name!r} config {config!r} from the hub{offline}: {type(err).__name__}. "
-            "Without network, set eval.glue_dir to a local GLUE download (TSV layout)"
-        ) from None
-    fields = {"sst2": ("sentence", None), "cola": ("sentence", None), "mrpc": ("sentence1", "sentence2"),
-              "qqp": ("question1", "question2"), "stsb": ("sentence1", "sentence2"), "rte": ("sentence1", "sentence2"),
-              "qnli": ("question", "sentence"), "mnli": ("premise", "hypothesis")}[config]  # fmt: skip
+    hub = spec.definition.hub
+    fields = spec.definition.fields(hub)
+    tables = []
+    for split in (hub.train, dev_split or hub.dev):
+        try:
+            loaded = datasets.load_dataset(hub.name, hub.config, split=split)
+        except Exception as err:  # datasets raises many types when offline
+            offline = " (offline mode is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+            instead = (
+                "set eval.glue_dir to a local GLUE download (TSV layout)"
+                if spec.definition.glue is not None
+                else "give the task train and dev files"
+            )
+            raise TaskDataError(
+                f"{spec.name}: could not load {hub.name!r} config {hub.config!r} from the hub{offline}: "
+                f"{type(err).__name__}. Without network, {instead}"
+            ) from None
+        names = list(loaded.column_names)
+        needed = [c for c in (fields.text_a, fields.text_b, fields.label, *(fields.where or {})) if c in names]
+        columns = loaded.select_columns(needed).to_dict()
+        records = [dict(zip(columns, row)) for row in zip(*columns.values())]
+        source = f"hub {hub.name} {hub.config or ''} split {split}".replace("  ", " ")
+        tables.append(_select(spec.name, Table(source, names, records, None), fields.where))
+    return TaskData(*_examples(spec, tables[0], fields), *_examples(spec, tables[1], fields))
 
-    def unpack(table):
-        labels = np.asarray(table["label"], dtype=np.float32 if spec.is_regression else np.int64)
-        return [str(x) for x in table[fields[0]]], ([str(x) for x in table[fields[1]]] if fields[1] else None), labels
 
-    return TaskData(*unpack(train), *unpack(dev))
+# ------------------------------------------------------------------------------------ synthetic
 
 
 def synthetic_pair_task(seed: int, train_examples: int, dev_examples: int) -> TaskData:
@@ -295,8 +491,14 @@ def synthetic_topic_task(seed: int, train_examples: int, dev_examples: int) -> T
     )  # fmt: skip
 
 
+SYNTHETIC = {"topic": synthetic_topic_task, "pair": synthetic_pair_task}
+
+
+# ------------------------------------------------------------------------------------ one task
+
+
 def load_task(
-    name: str,
+    task: str | TaskSpec,
     glue_dir: str | None,
     synthetic_seed: int,
     train_cap: int | None,
@@ -304,17 +506,25 @@ def load_task(
     dev_split: str | None = None,
     files: tuple[str, str] | None = None,
 ) -> TaskData:
-    """`files` (train, dev) take precedence over `glue_dir` and the hub."""
-    spec = TASKS[name]
-    if name == "synthetic-topic":
-        return synthetic_topic_task(synthetic_seed, train_cap or 2000, dev_cap or 500)
-    if name == "synthetic-pair":
-        return synthetic_pair_task(synthetic_seed, train_cap or 2000, dev_cap or 500)
+    """A task's examples, capped. Its source: `files` (eval.task_files: train, dev), else its own
+    train and dev files, else `glue_dir` (when the task has a GLUE layout), else the hub. The
+    task's own caps and the given ones: the smaller applies."""
+    spec = as_spec(task)
+    d = spec.definition
+    train_cap, dev_cap = _smaller(train_cap, d.max_train_examples), _smaller(dev_cap, d.max_dev_examples)
+    if d.synthetic is not None:
+        return SYNTHETIC[d.synthetic](synthetic_seed, train_cap or 2000, dev_cap or 500)
     if files is not None:
         data = load_task_files(spec, *files)
+    elif d.train is not None:
+        data = load_declared_files(spec)
     else:
         data = load_glue_task(spec, glue_dir, dev_split)
     return cap(data, train_cap, dev_cap, seed=0)
+
+
+def _smaller(first: int | None, second: int | None) -> int | None:
+    return min((c for c in (first, second) if c is not None), default=None)
 
 
 def cap(data: TaskData, train_cap: int | None, dev_cap: int | None, seed: int) -> TaskData:
@@ -333,14 +543,15 @@ def cap(data: TaskData, train_cap: int | None, dev_cap: int | None, seed: int) -
     )  # fmt: skip
 
 
-def score(name: str, labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
-    return {metric: METRICS[metric](labels, predictions) for metric in TASKS[name].metrics}
+def score(task: str | TaskSpec, labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    return {metric: METRICS[metric](labels, predictions) for metric in as_spec(task).metrics}
 
 
-def majority_baseline(name: str, data: TaskData) -> dict[str, float]:
+def majority_baseline(task: str | TaskSpec, data: TaskData) -> dict[str, float]:
     """Every dev example predicted as the most frequent training label (the mean score for regression)."""
-    if TASKS[name].is_regression:
+    spec = as_spec(task)
+    if spec.is_regression:
         constant = np.full(len(data.dev_labels), float(np.mean(data.train_labels)))
         return {"mse": float(np.mean((constant - data.dev_labels) ** 2))}
     majority = int(np.bincount(data.train_labels).argmax())
-    return score(name, data.dev_labels, np.full(len(data.dev_labels), majority))
+    return score(spec, data.dev_labels, np.full(len(data.dev_labels), majority))

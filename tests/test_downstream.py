@@ -149,7 +149,9 @@ def _glue_dir(tmp_path: Path, dev_rows: str, header: str = "sentence\tlabel") ->
 def test_broken_task_directories_fail_clearly(tmp_path, write_suite, capsys):
     with pytest.raises(TaskDataError, match="no column sentence"):
         load_glue_task(TASKS["sst2"], str(_glue_dir(tmp_path / "a", "nice .\t1\n", header="text\tlabel")))
-    with pytest.raises(TaskDataError, match=r"labels '2' are outside the label set \['0', '1'\]"):
+    with pytest.raises(
+        TaskDataError, match=r"dev.tsv: line 2: label '2' \(label\) is not in the label set \['0', '1'\]"
+    ):
         load_glue_task(TASKS["sst2"], str(_glue_dir(tmp_path / "b", "nice .\t2\n")))
 
     missing = tmp_path / "c" / "glue"
@@ -211,7 +213,7 @@ def test_bad_task_files_fail_naming_the_file(tmp_path):
         load_task("mnli", None, 0, None, None, files=(str(unlabeled), str(unlabeled)))
     odd = tmp_path / "rows.jsonl"
     odd.write_text(json.dumps({"premise": "a", "hypothesis": "b", "label": "maybe"}) + "\n")
-    with pytest.raises(TaskDataError, match="labels 'maybe' are outside the label set"):
+    with pytest.raises(TaskDataError, match=r"rows.jsonl: line 1: label 'maybe' \(label\) is not in the label set"):
         load_task("mnli", None, 0, None, None, files=(str(odd), str(odd)))
     with pytest.raises(TaskDataError, match="expected a .tsv, .jsonl or .json file"):
         load_task("mnli", None, 0, None, None, files=(str(tmp_path / "x.csv"), str(odd)))

@@ -1,0 +1,20 @@
+"""The base of every config schema and the error every config problem becomes (harness/config.py
+re-exports both; task definitions, harness/taskdef.py, use them too)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ConfigError(Exception):
+    """A config problem found before any work starts: names the file, the key path and what was expected."""
+
+    def __init__(self, source: str, key_path: str, message: str):
+        self.source = source
+        self.key_path = key_path
+        self.message = message
+        super().__init__(f"{source}: {key_path or '<top>'}: {message}")
+
+
+class Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
