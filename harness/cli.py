@@ -558,11 +558,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from harness.runner import evaluate_run
+    from harness.squad import SPAN_TASKS
     from harness.tasks import TASKS, TaskDataError
 
-    unknown = [t for t in args.task or [] if t not in TASKS]
+    known = [*TASKS, *SPAN_TASKS]
+    unknown = [t for t in args.task or [] if t not in known]
     if unknown:
-        raise ConfigError("--task", "task", f"unknown task {', '.join(unknown)} (expected one of: {', '.join(TASKS)})")
+        raise ConfigError("--task", "task", f"unknown task {', '.join(unknown)} (expected one of: {', '.join(known)})")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     status = 0
     for run_dir in args.run_dir:

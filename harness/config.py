@@ -358,7 +358,7 @@ class EvalConfig(Schema):
     tasks: list[str] = Field(
         default_factory=list,
         description="Downstream tasks fine-tuned after pretraining: sst2, mnli, mnli-mm, qnli, rte, mrpc, cola, "
-        "stsb, qqp, synthetic-topic, synthetic-pair.",
+        "stsb, qqp, synthetic-topic, synthetic-pair; squad, squad2 (span extraction).",
     )
     glue_dir: str | None = Field(
         None, description="Local GLUE download (TSV layout: SST-2/train.tsv, ...); unset: the hub (nyu-mll/glue)."
@@ -375,25 +375,28 @@ class EvalConfig(Schema):
     task_files: dict[str, TaskFiles] | None = Field(
         None,
         description="Task name -> its own train and dev files, for data not in GLUE's layout (e.g. MNLI as JSONL); "
-        "takes precedence over glue_dir and the hub for that task.",
+        "takes precedence over glue_dir and the hub for that task. SQuAD: JSON files; the same file as train and "
+        "dev is split by article (every 4th article scored).",
     )
 
     @model_validator(mode="after")
     def _known_tasks_with_files(self) -> EvalConfig:
+        from harness.squad import SPAN_TASKS
         from harness.tasks import TASKS
 
         task_files = self.task_files or {}
+        known = [*TASKS, *SPAN_TASKS]
         for name in [*self.tasks, *self.task_overrides, *self.dev_splits, *task_files]:
-            if name not in TASKS:
-                raise ValueError(f"unknown task {name!r} (expected one of: {', '.join(TASKS)})")
+            if name not in known:
+                raise ValueError(f"unknown task {name!r} (expected one of: {', '.join(known)})")
         for name, files in task_files.items():
             for path in (files.train, files.dev):
                 if not Path(path).is_file():
                     raise ValueError(f"task {name}: {path} not found (eval.task_files.{name})")
         if self.glue_dir is not None:
             for name in self.tasks:
-                spec = TASKS[name]
-                if spec.glue_dir is None or name in task_files:
+                spec = TASKS.get(name)
+                if spec is None or spec.glue_dir is None or name in task_files:
                     continue
                 for split in (spec.train_split, self.dev_splits.get(name, spec.dev_split)):
                     path = Path(self.glue_dir) / spec.glue_dir / f"{split}.tsv"
@@ -499,9 +502,11 @@ def lower_is_better(metric: str) -> bool:
 
 def metric_names() -> list[str]:
     """Every metric a run can report: pretraining ones, then `<task>.<metric>` for every task."""
+    from harness.squad import SPAN_TASKS
     from harness.tasks import TASKS
 
-    return [*PRETRAINING_METRICS, *RUN_FACTS, *(f"{t}.{m}" for t, spec in TASKS.items() for m in spec.metrics)]
+    tasks = [*TASKS.values(), *SPAN_TASKS.values()]
+    return [*PRETRAINING_METRICS, *RUN_FACTS, *(f"{spec.name}.{m}" for spec in tasks for m in spec.metrics)]
 
 
 # ------------------------------------------------------------------------------ dict utilities
