@@ -54,13 +54,14 @@ def check_task_data(suite: Suite) -> None:
     """Load every downstream task the suite names once, before any training: missing files or
     columns and labels outside the label set stop the command here, not after hours of pretraining."""
     from harness.evaluate import task_data_for
+    from harness.squad import SPAN_TASKS
     from harness.tasks import TaskDataError
 
     checked = set()
     for run in suite.runs:
         for task in run.config.eval.tasks:
             key = (task, run.config.eval.model_dump_json())
-            if key in checked or run.config.eval.task(task).definition.synthetic:
+            if key in checked or (task not in SPAN_TASKS and run.config.eval.task(task).definition.synthetic):
                 continue
             checked.add(key)
             try:

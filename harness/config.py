@@ -351,7 +351,8 @@ class EvalConfig(Schema):
     tasks: list[str] = Field(
         default_factory=list,
         description="Downstream tasks fine-tuned after pretraining: the built-in sst2, mnli, mnli-mm, qnli, rte, "
-        "mrpc, cola, stsb, qqp, synthetic-topic, synthetic-pair (harness/tasks.yaml), or any of task_defs.",
+        "mrpc, cola, stsb, qqp, synthetic-topic, synthetic-pair (harness/tasks.yaml), squad, squad2 (span "
+        "extraction), or any of task_defs.",
     )
     glue_dir: str | None = Field(
         None, description="Local GLUE download (TSV layout: SST-2/train.tsv, ...); unset: the hub (nyu-mll/glue)."
@@ -368,7 +369,8 @@ class EvalConfig(Schema):
     task_files: dict[str, TaskFiles] | None = Field(
         None,
         description="Built-in task name -> its own train and dev files, for data not in GLUE's layout (e.g. MNLI as "
-        "JSONL); takes precedence over glue_dir and the hub for that task.",
+        "JSONL); takes precedence over glue_dir and the hub for that task. SQuAD: JSON files; the same file as "
+        "train and dev is split by article (every 4th article scored).",
     )
     task_defs: dict[str, TaskDef] | None = Field(
         None,
@@ -379,6 +381,7 @@ class EvalConfig(Schema):
 
     @model_validator(mode="after")
     def _known_tasks_with_files(self) -> EvalConfig:
+        from harness.squad import SPAN_TASKS
         from harness.taskdef import TASK_NAME
         from harness.tasks import TASKS
 
@@ -391,11 +394,12 @@ class EvalConfig(Schema):
                     f"task_defs.{name}: {name} is a built-in task (harness/tasks.yaml): choose another name"
                 )
         task_files = self.task_files or {}
+        known = [*TASKS, *SPAN_TASKS]
         for name in [*self.tasks, *self.task_overrides, *self.dev_splits, *task_files]:
-            if name not in TASKS and name not in declared:
+            if name not in known and name not in declared:
                 declare = f"; declared: {', '.join(declared)}" if declared else ""
                 raise ValueError(
-                    f"unknown task {name!r} (expected one of: {', '.join(TASKS)}{declare}; "
+                    f"unknown task {name!r} (expected one of: {', '.join(known)}{declare}; "
                     "or declare it under eval.task_defs)"
                 )
         for name, files in task_files.items():
@@ -408,7 +412,8 @@ class EvalConfig(Schema):
             if name in declared and declared[name].train is not None:
                 raise ValueError(f"dev_splits.{name}: {name} reads its own files: name the dev file in task_defs")
         for name in self.tasks:
-            self._check_source(name, task_files)
+            if name not in SPAN_TASKS:  # SQuAD reads its own JSON files or the hub
+                self._check_source(name, task_files)
         return self
 
     def _check_source(self, name: str, task_files: dict[str, TaskFiles]) -> None:
@@ -477,7 +482,11 @@ class RunConfig(Schema):
             raise ValueError(
                 f"model.token_types must be >= 2 for the pair format {self.data.format!r} (B is segment 1)"
             )
+        from harness.squad import SPAN_TASKS
+
         for task in self.eval.tasks:
+            if task in SPAN_TASKS:
+                continue
             if self.eval.task(task).definition.synthetic and self.data.corpus.source != "synthetic":
                 raise ValueError(f"eval.tasks: {task} needs data.corpus.source = synthetic")
         return self
@@ -535,10 +544,15 @@ def lower_is_better(metric: str) -> bool:
 
 def metric_names(task_defs: dict[str, TaskDef] | None = None) -> list[str]:
     """Every metric a run can report: pretraining ones, then `<task>.<metric>` for every built-in
-    task and every task of `task_defs`."""
+    task, span task and task of `task_defs`."""
+    from harness.squad import SPAN_TASKS
     from harness.tasks import TASKS
 
-    metrics = {**{t: spec.metrics for t, spec in TASKS.items()}, **{t: d.metrics for t, d in (task_defs or {}).items()}}
+    metrics = {
+        **{t: spec.metrics for t, spec in TASKS.items()},
+        **{t: spec.metrics for t, spec in SPAN_TASKS.items()},
+        **{t: d.metrics for t, d in (task_defs or {}).items()},
+    }
     return [*PRETRAINING_METRICS, *RUN_FACTS, *(f"{t}.{m}" for t, names in metrics.items() for m in names)]
 
 

@@ -8,6 +8,7 @@
   fine-tuning seed, and score the dev split with scikit-learn's / SciPy's metrics.
 - With `finetune.lr_grid`, each task's learning rate is chosen first, on its training examples
   alone (a seeded 80/20 split of them); the dev split is read only to score the final fine-tunings.
+- Span-extraction tasks (SQuAD) have their own data, head and metrics: harness/evaluate_span.py.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from harness.data.batches import MicroBatch, collate
 from harness.data.formats import Sequences
 from harness.data.masking import IGNORE, mask_sequence
 from harness.data.tokenizer import SpecialTokens
+from harness.evaluate_span import evaluate_span_task, squad_data_for
 from harness.model import PretrainingModel, SequenceClassifier
 from harness.records import atomic_write_json, read_json
+from harness.squad import SPAN_TASKS, SquadData
 from harness.tasks import TaskData, TaskSpec, load_task, majority_baseline, score
 from harness.train import adamw, autocast_for, lr_at
 
@@ -229,8 +232,10 @@ def select_lr(
     }
 
 
-def task_data_for(config: RunConfig, name: str) -> TaskData:
+def task_data_for(config: RunConfig, name: str) -> TaskData | SquadData:
     """The task's data as the run's eval config asks: source, caps and dev split."""
+    if name in SPAN_TASKS:
+        return squad_data_for(config, name)
     protocol = config.eval.finetune_for(name)
     files = (config.eval.task_files or {}).get(name)
     return load_task(
@@ -257,8 +262,15 @@ def evaluate_downstream(
     the median, with the count shown. With an lr grid the choice is made first and kept beside them
     (predictions/<task>/lr_selection.json), then used by every seed."""
     results: dict[str, dict] = {}
-    specs = {name: config.eval.task(name) for name in (tasks if tasks is not None else config.eval.tasks)}
-    for name, spec in specs.items():  # every name known (built in or declared by the run) before any work
+    names = tasks if tasks is not None else config.eval.tasks
+    specs = {name: config.eval.task(name) for name in names if name not in SPAN_TASKS}
+    for name in names:  # every name known (built in, span or declared by the run) before any work
+        if name in SPAN_TASKS:  # span extraction: its own windows, head, predictions and metrics
+            results[name] = evaluate_span_task(
+                pretrained, config, name, tokenizer, specials, device, predictions_dir / name, log
+            )
+            continue
+        spec = specs[name]
         protocol = config.eval.finetune_for(name)
         data = task_data_for(config, name)
         folder = predictions_dir / name

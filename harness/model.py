@@ -303,3 +303,23 @@ class SequenceClassifier(nn.Module):
         else:
             pooled = hidden[:, 0]
         return self.out_proj(self.dropout(torch.tanh(self.dense(self.dropout(pooled)))))
+
+
+class SpanExtractor(nn.Module):
+    """A pretrained encoder with a start/end head for extractive question answering (SQuAD): one linear
+    layer giving every token a start and an end logit, as BERT's and RoBERTa's question-answering
+    heads do (Hugging Face's name `qa_outputs`). Padding gets a logit far below any real one."""
+
+    def __init__(self, encoder: Encoder):
+        super().__init__()
+        self.roberta = encoder
+        self.qa_outputs = nn.Linear(encoder.config.hidden, 2)
+        nn.init.normal_(self.qa_outputs.weight, std=encoder.config.init_std)
+        nn.init.zeros_(self.qa_outputs.bias)
+
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.roberta(input_ids, token_type_ids, attention_mask)  # [B, L, H]
+        logits = self.qa_outputs(hidden).float().masked_fill(~attention_mask.unsqueeze(-1), -1e4)  # [B, L, 2]
+        return logits[..., 0], logits[..., 1]

@@ -137,6 +137,7 @@ class Variant(Schema):
     arms: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Arm name -> partial override.")
     seeds: list[int] | None = Field(None, min_length=1, description="Pretraining seeds instead of the suite's.")
     controls: list[str] | None = Field(None, description="Controls instead of the suite's (e.g. [random_init]).")
+    metrics: list[str] | None = Field(None, min_length=1, description="Metrics to report instead of the suite's.")
 
 
 class SuiteSpec(Schema):
@@ -436,10 +437,11 @@ def _apply_variants(spec: SuiteSpec, source: str, scale: str | None, local_dir: 
         variants.append((f"scales.{scale}", spec.scales[scale]))
     elif scale is not None:
         raise ConfigError("--set", "scale", "this suite declares no scales")
-    base, arms, seeds, controls = spec.base, dict(spec.arms), spec.seeds, spec.controls
+    base, arms, seeds, controls, metrics = spec.base, dict(spec.arms), spec.seeds, spec.controls, spec.metrics
     for where, variant in variants:
         seeds = variant.seeds or seeds
         controls = variant.controls if variant.controls is not None else controls
+        metrics = variant.metrics or metrics
         _check_override_keys(variant.base, source, f"{where}.base")
         base = deep_merge(base, variant.base)
         for arm, override in variant.arms.items():
@@ -459,6 +461,7 @@ def _apply_variants(spec: SuiteSpec, source: str, scale: str | None, local_dir: 
         "arms": arms,
         "seeds": seeds,
         "controls": controls,
+        "metrics": metrics,
         "description": description,
     }
     return spec.model_copy(update=update)

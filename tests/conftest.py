@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +39,36 @@ def write_suite(tmp_path: Path):
         return path
 
     return write
+
+
+PEOPLE = ["Ada", "Bo", "Cy", "Di", "Ed", "Flo", "Gus", "Hal", "Ivy", "Jo"]
+CITIES = ["Paris", "Lyon", "Rome", "Oslo", "Lima", "Kyiv", "Baku", "Doha", "Riga", "Bern"]
+COLOURS = ["red", "blue", "green", "black", "white"]
+
+
+def synthetic_squad(path: Path, articles: int = 10, paragraphs: int = 2, unanswerable: bool = False) -> Path:
+    """A SQuAD-format file: each paragraph says where someone lives and what colour their car is; with
+    `unanswerable`, every third question asks about something the paragraph does not say."""
+    data = []
+    for a in range(articles):
+        paras = []
+        for p in range(paragraphs):
+            person, city = PEOPLE[(a + p) % 10], CITIES[(3 * a + p) % 10]
+            colour = COLOURS[(a + 2 * p) % 5]
+            context = f"{person} lives in {city}. {person} owns a {colour} car. The weather in {city} is mild."
+            qas = [
+                {"id": f"{a}-{p}-city", "question": f"Where does {person} live?",
+                 "answers": [{"text": city, "answer_start": context.index(city)}]},
+                {"id": f"{a}-{p}-car", "question": f"What colour is the car of {person}?",
+                 "answers": [{"text": colour, "answer_start": context.index(colour)},
+                             {"text": f"{colour} car", "answer_start": context.index(colour)}]},
+            ]  # fmt: skip
+            if unanswerable:
+                for qa in qas:
+                    qa["is_impossible"] = False
+                qas.append({"id": f"{a}-{p}-boat", "question": f"What colour is the boat of {person}?",
+                            "answers": [], "is_impossible": True})  # fmt: skip
+            paras.append({"context": context, "qas": qas})
+        data.append({"title": f"Article {a}", "paragraphs": paras})
+    path.write_text(json.dumps({"version": "v2.0" if unanswerable else "1.1", "data": data}))
+    return path
