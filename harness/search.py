@@ -359,6 +359,7 @@ def write_search_report(suite: Suite, storage, out_dir: Path, overrides: list[st
     search = suite.spec.search
     metric = search.objective.metric
     lines = [f"# Search: {suite.name}", "", f"Objective: {direction(search)} `{metric}`.", ""]
+    matrix: list[str] = []  # the answer first: one row per study, with what can and cannot be claimed
     printed: list[str] = []
     best: dict[str, dict[str, Any]] = {}
     for arm, name in study_names(suite).items():
@@ -371,6 +372,7 @@ def write_search_report(suite: Suite, storage, out_dir: Path, overrides: list[st
         lines += [f"## Study `{name}` (arm {arm})", "", f"Trials: {counts}.", ""]
         completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not completed:
+            matrix.append(f"| `{name}` | – | – | no trial completed: no best setting |")
             lines += ["No trial completed: no best setting.", ""]
             printed.append(f"{name}: no trial completed")
             continue
@@ -379,6 +381,11 @@ def write_search_report(suite: Suite, storage, out_dir: Path, overrides: list[st
         shown = ", ".join(f"`{k}` = {v:.4g}" if isinstance(v, float) else f"`{k}` = {v}" for k, v in best[arm].items())
         run_id = trial.user_attrs.get("run_id")
         lines += [f"Best: trial {trial.number}, {metric} = {trial.value:.4f} with {shown} (run {run_id}).", ""]
+        matrix.append(
+            f"| `{name}` | {shown} | {trial.value:.4f} | not testable: each trial is one run at one pretraining seed, "
+            "so the best trial's margin over the others has no seed spread to test against; run the tuned suite "
+            "over several seeds beside the starting setting to test it |"
+        )
         printed.append(f"{name}: best trial {trial.number}: {metric} = {trial.value:.4f} ({shown.replace('`', '')})")
         figures = {
             "history": lambda s=study: plots.plot_optimization_history(s),
@@ -418,6 +425,8 @@ def write_search_report(suite: Suite, storage, out_dir: Path, overrides: list[st
         (out_dir / "best-suite.yaml").write_text(yaml.safe_dump(tuned, sort_keys=False), encoding="utf-8")
         lines += ["The tuned suite: [best-suite.yaml](best-suite.yaml) (`harness run` it as it is).", ""]
         printed.append(f"tuned suite: {out_dir / 'best-suite.yaml'}")
+    header = ["| study | best setting | best " + metric + " | verdict |", "|---|---|---|---|", *matrix, ""]
+    lines[2:2] = header  # right under the title
     (out_dir / "search.md").write_text("\n".join(lines), encoding="utf-8")
     printed.append(f"search report: {out_dir / 'search.md'}")
     return printed

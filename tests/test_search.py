@@ -121,6 +121,9 @@ def test_search_finds_a_better_lr_than_a_bad_start(tmp_path, capsys):
     assert loaded.runs[0].config.train.lr == pytest.approx(study.best_params["train.lr"])
     search_dir = tuned.parent
     assert (search_dir / "t-history.png").stat().st_size > 1000 and (search_dir / "search.md").is_file()
+    # the answer first: a verdict row per study right under the title, saying what one seed cannot test
+    opening = (search_dir / "search.md").read_text().splitlines()
+    assert opening[2].startswith("| study | best setting |") and "not testable" in opening[4]
     assert "best trial" in capsys.readouterr().out
     # re-running continues the same study: the budget is met, nothing new runs
     assert main(["search", str(path), "--out", str(tmp_path / "results")]) == 0
