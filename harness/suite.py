@@ -455,15 +455,13 @@ def _apply_variants(spec: SuiteSpec, source: str, scale: str | None, local_dir: 
         if variant.description.strip():
             label = "Local data" if where == "local" else where.replace("scales.", "Scale ")
             description += f"\n\n{label}: {variant.description.strip()}"
-    update = {
-        "name": name,
-        "base": base,
-        "arms": arms,
-        "seeds": seeds,
-        "controls": controls,
-        "metrics": metrics,
-        "description": description,
-    }
+    update = {"name": name, "base": base, "arms": arms, "seeds": seeds, "description": description}
+    # only what a variant set: model_copy marks every updated field as given, and a suite that left
+    # `metrics` at its default is treated differently from one that asked (see _check_per_token_metrics)
+    if controls != spec.controls:
+        update["controls"] = controls
+    if metrics != spec.metrics:
+        update["metrics"] = metrics
     return spec.model_copy(update=update)
 
 
