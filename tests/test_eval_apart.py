@@ -1,0 +1,116 @@
+"""Evaluation apart from pretraining: downstream settings are not part of the run id, each task's
+results are filed under its key, and `harness run` evaluates only what a finished run lacks."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from conftest import tiny_suite
+
+from harness.cli import main
+from harness.records import RunRecord
+from harness.results import load_results, resolve_sources
+
+FINETUNE = {"epochs": 1, "batch_size": 16, "max_train_examples": 64, "max_eval_examples": 32, "seeds": [0]}
+
+
+def suite_with(tasks: list[str], **eval_changes) -> dict:
+    suite = tiny_suite(arms={"only": {}})
+    suite["base"]["eval"].update({"tasks": tasks, "finetune": FINETUNE, **eval_changes})
+    return suite
+
+
+def run_suite(path: Path, out: Path, capsys) -> str:
+    assert main(["run", str(path), "--out", str(out), "--no-progress", "--no-report"]) == 0
+    return capsys.readouterr().out
+
+
+def only_run(out: Path) -> Path:
+    (run_dir,) = [p for p in (out / "t").iterdir() if p.is_dir() and p.name != "_cache"]
+    return run_dir
+
+
+def fingerprint(run_dir: Path) -> tuple[int, str]:
+    """metrics.jsonl's rows and the checkpoint's hash: what pretraining again would change."""
+    rows = len(RunRecord(run_dir).metrics())
+    weights = (run_dir / "checkpoint" / "model.safetensors").read_bytes()
+    return rows, hashlib.sha256(weights).hexdigest()
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    """Every file's mtime but the run locks' (checking whether a run is held takes its lock)."""
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"]
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in files}
+
+
+def test_adding_a_task_evaluates_only_it_and_a_changed_protocol_only_that(tmp_path, write_suite, capsys):
+    out = tmp_path / "results"
+    run_suite(write_suite(suite_with(["synthetic-topic"])), out, capsys)
+    run_dir = only_run(out)
+    before, topic = fingerprint(run_dir), mtimes(run_dir / "predictions" / "synthetic-topic")
+
+    both = write_suite(suite_with(["synthetic-topic", "synthetic-pair"]), "both.yaml")
+    assert main(["run", str(both), "--out", str(out), "--dry-run"]) == 0
+    assert "to evaluate: synthetic-pair" in capsys.readouterr().out
+    notes = load_results(resolve_sources([both], out)).notes  # a report made now says what it lacks
+    assert any("only seed 0: synthetic-pair not evaluated as the suite now asks" in note for note in notes)
+    printed = run_suite(both, out, capsys)
+    assert "training" not in printed and "synthetic-topic seed 0: fine-tuned" not in printed
+    assert "evaluating synthetic-pair" in printed and "synthetic-pair seed 0: fine-tuned" in printed
+    assert "nothing trained: 1 finished run(s) evaluated" in printed
+    assert only_run(out) == run_dir and fingerprint(run_dir) == before
+    assert mtimes(run_dir / "predictions" / "synthetic-topic") == topic
+    summary = RunRecord(run_dir).summary
+    assert set(summary["downstream"]) == {"synthetic-topic", "synthetic-pair"}
+    assert RunRecord(run_dir).config["config"]["eval"]["tasks"] == ["synthetic-topic", "synthetic-pair"]
+    first_key = summary["downstream"]["synthetic-pair"]["key"]
+
+    assert "already done, skipped" in run_suite(both, out, capsys)  # up to date: nothing at all
+
+    # another protocol for one task: a new key, fine-tuned; the other task untouched
+    changed = suite_with(["synthetic-topic", "synthetic-pair"], task_overrides={"synthetic-pair": {"lr": 3e-4}})
+    printed = run_suite(write_suite(changed, "changed.yaml"), out, capsys)
+    assert "evaluating synthetic-pair" in printed and "synthetic-pair seed 0: fine-tuned" in printed
+    new_key = RunRecord(run_dir).summary["downstream"]["synthetic-pair"]["key"]
+    assert new_key != first_key and (run_dir / "predictions" / "synthetic-pair" / first_key).is_dir()
+    assert mtimes(run_dir / "predictions" / "synthetic-topic") == topic and fingerprint(run_dir) == before
+
+    # back to the first protocol: its predictions are on disk, scored again, not fine-tuned again
+    printed = run_suite(both, out, capsys)
+    assert "evaluating synthetic-pair" in printed and "fine-tuned" not in printed
+    assert RunRecord(run_dir).summary["downstream"]["synthetic-pair"]["key"] == first_key
+
+
+def test_another_finetuning_seed_fine_tunes_that_seed_alone(tmp_path, write_suite, capsys):
+    out = tmp_path / "results"
+    run_suite(write_suite(suite_with(["synthetic-topic"])), out, capsys)
+    run_dir = only_run(out)
+    key = RunRecord(run_dir).summary["downstream"]["synthetic-topic"]["key"]
+    seed_0 = mtimes(run_dir / "predictions" / "synthetic-topic" / key)["seed-0.npy"]
+    more = suite_with(["synthetic-topic"], finetune={**FINETUNE, "seeds": [0, 1]})
+    printed = run_suite(write_suite(more, "more.yaml"), out, capsys)
+    assert "synthetic-topic seed 1: fine-tuned" in printed and "seed 0: fine-tuned" not in printed
+    entry = RunRecord(run_dir).summary["downstream"]["synthetic-topic"]
+    assert entry["key"] == key and set(entry["metrics"]["accuracy"]["seeds"]) == {"0", "1"}
+    assert mtimes(run_dir / "predictions" / "synthetic-topic" / key)["seed-0.npy"] == seed_0
+
+
+def test_with_jobs_finished_runs_are_evaluated_in_children(tmp_path, write_suite, capsys):
+    out = tmp_path / "results"
+    two_arms = suite_with(["synthetic-topic"])
+    two_arms["arms"] = {"dynamic": {}, "static": {"masking": {"kind": "static", "dupe_factor": 2}}}
+    run_suite(write_suite(two_arms), out, capsys)
+    runs = [p for p in (out / "t").iterdir() if p.is_dir()]
+    before = {p.name: fingerprint(p) for p in runs}
+    two_arms["base"]["eval"]["tasks"] = ["synthetic-topic", "synthetic-pair"]
+    common = ["run", str(write_suite(two_arms, "more.yaml")), "--out", str(out), "--no-progress", "--no-report"]
+    assert main([*common, "--jobs", "2", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count(": done; evaluating synthetic-pair on ") == 2 and "training on" not in printed
+    assert printed.count(": evaluated synthetic-pair") == 2
+    assert "nothing trained: 2 finished run(s) evaluated on the task(s) they lacked" in printed
+    for run_dir in runs:
+        assert "synthetic-pair" in RunRecord(run_dir).summary["downstream"]
+        assert fingerprint(run_dir) == before[run_dir.name]
+        assert "evaluating synthetic-pair" in (run_dir / "output.log").read_text()
