@@ -623,17 +623,54 @@ def cmd_import(args: argparse.Namespace) -> int:
     return _interop(import_hf, args.hf_dir, args.out)
 
 
+def eval_changes(assignments: list[str]) -> dict[str, Any]:
+    """`harness eval --set eval.KEY=VALUE ...` -> the changes to a run's eval section. Anything else
+    would change the pretrained model, and so would the held-out fields of eval: refused."""
+    from harness.config import HELDOUT_EVAL_FIELDS, deep_merge, nested, parse_set
+
+    changes: dict[str, Any] = {}
+    for assignment in assignments:
+        parts, value = parse_set(assignment)
+        key = ".".join(parts)
+        if parts[0] != "eval":
+            raise ConfigError(
+                "--set",
+                key,
+                "harness eval changes eval.* only: the rest decides the pretrained model (and its run "
+                "id); a changed model is pretrained by `harness run`",
+            )
+        change = nested(parts[1:], value) if len(parts) > 1 else value
+        if not isinstance(change, dict):
+            raise ConfigError("--set", key, "expected a mapping of eval settings")
+        held_out = [f for f in HELDOUT_EVAL_FIELDS if f in change]
+        if held_out:
+            raise ConfigError(
+                "--set",
+                f"eval.{held_out[0]}",
+                "the held-out MLM evaluation is part of pretraining and of the run "
+                "id: harness eval redoes downstream tasks only",
+            )
+        changes = deep_merge(changes, change)
+    return changes
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    changes = eval_changes(args.set or [])  # bad overrides stop here, before torch is imported
     import torch
 
-    from harness.runner import evaluate_run
+    from harness.runner import evaluate_run, evaluation_config
     from harness.tasks import TaskDataError
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     status = 0
     for run_dir in args.run_dir:
         try:
-            downstream = evaluate_run(Path(run_dir), device, args.task)
+            config = evaluation_config(Path(run_dir), changes, args.task)
+            downstream = evaluate_run(Path(run_dir), device, args.task, config=config)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            status = 2
+            continue
         except (TaskDataError, ValueError, OSError) as err:
             print(f"error: {run_dir}: {err}", file=sys.stderr)
             status = 2
@@ -763,6 +800,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="(re-)evaluate finished runs downstream without retraining")
     evaluate.add_argument("run_dir", nargs="+", help="run directories (results/<suite>/<run-id>)")
     evaluate.add_argument("--task", action="append", help="only this task (repeatable; default: the run's eval.tasks)")
+    evaluate.add_argument(
+        "--set",
+        action="append",
+        metavar="eval.KEY=VALUE",
+        help="override an eval field of the run's config, e.g. eval.glue_dir=DIR (eval.* only, held-out fields aside)",
+    )
     evaluate.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
     evaluate.set_defaults(func=cmd_eval)
 

@@ -21,7 +21,7 @@ from tokenizers import Tokenizer
 
 import harness
 from harness.checkpoint import Checkpointer
-from harness.config import ModelConfig, RunConfig, run_id_of
+from harness.config import ConfigError, ModelConfig, RunConfig, deep_merge, has_path, run_id_of, validate_run_config
 from harness.data.batches import PretrainingBatches
 from harness.data.cache import StageCache
 from harness.data.pipeline import PreparedData, prepare_data
@@ -84,6 +84,23 @@ def load_pretrained(
     model = PretrainingModel(config.model, rows, specials.pad, nsp=config.data.nsp)
     model.load_state_dict(state)
     return config, model, tokenizer, specials
+
+
+def evaluation_config(run_dir: Path, changes: dict[str, Any], tasks: list[str] | None = None) -> RunConfig:
+    """A finished run's own config with `changes` to its eval section (`harness eval --set eval.KEY=...`)
+    and, with `tasks`, eval.tasks set to them; validated, errors naming `--set` for keys it set and
+    the run's config.json for the rest."""
+    header = RunRecord(run_dir).config
+    if header is None:
+        raise ValueError(f"{run_dir}: no config.json: not a run directory")
+    overrides = {"eval": {**changes, **({"tasks": list(tasks)} if tasks else {})}}
+    try:
+        return validate_run_config(deep_merge(header["config"], overrides), str(run_dir / "config.json"))
+    except ConfigError as err:
+        # a key given on the command line, or a check of the eval section as a whole once it was changed
+        if overrides["eval"] and (err.key_path in ("", "eval") or has_path(overrides, err.key_path)):
+            raise ConfigError("--set" if changes else "--task", err.key_path, err.message) from None
+        raise
 
 
 SHAPE_FIELDS = ("layers", "hidden", "heads", "ffn", "max_len", "token_types", "norm", "positions")

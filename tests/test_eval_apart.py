@@ -1,11 +1,19 @@
 """Evaluation apart from pretraining: downstream settings are not part of the run id, each task's
-results are filed under its key, and `harness run` evaluates only what a finished run lacks."""
+results are filed under its key, `harness eval --set eval.KEY=VALUE` evaluates a finished model
+another way, and `harness run` evaluates only what a finished run lacks."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
 from conftest import tiny_suite
 
 from harness.cli import main
@@ -42,6 +50,102 @@ def mtimes(folder: Path) -> dict[str, int]:
     """Every file's mtime but the run locks' (checking whether a run is held takes its lock)."""
     files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"]
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in files}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A tiny run, pretrained and fine-tuned on the synthetic topic task."""
+    root = tmp_path_factory.mktemp("finished")
+    path = root / "suite.yaml"
+    path.write_text(json.dumps(suite_with(["synthetic-topic"])))
+    assert main(["run", str(path), "--out", str(root / "results"), "--no-progress", "--no-report"]) == 0
+    return only_run(root / "results")
+
+
+def tiny_glue(root: Path) -> Path:
+    """SST-2 in GLUE's TSV layout, a few dozen sentences."""
+    folder = root / "glue" / "SST-2"
+    folder.mkdir(parents=True)
+    good = ["a fine film .", "warm and funny .", "a joy to watch .", "clever , moving work ."]
+    bad = ["a dull mess .", "tedious and flat .", "a waste of time .", "clumsy , boring work ."]
+    rows = [f"{text}\t{label}" for _ in range(5) for texts, label in ((good, 1), (bad, 0)) for text in texts]
+    (folder / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    (folder / "dev.tsv").write_text("sentence\tlabel\n" + "\n".join(rows[:16]) + "\n")
+    return root / "glue"
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No hub: offline mode set, the probe failing, and datasets never to be called."""
+    import datasets
+
+    import harness.data.sources as sources
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(sources, "hub_reachable", lambda: False)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the hub was asked"))
+
+
+def test_eval_with_a_glue_dir_set_works_offline_without_retraining(finished_run, tmp_path, offline, capsys):
+    before, config_before = fingerprint(finished_run), (finished_run / "config.json").read_text()
+    topic = mtimes(finished_run / "predictions" / "synthetic-topic")
+    glue = tiny_glue(tmp_path)
+    assert main(["eval", str(finished_run), "--set", f"eval.glue_dir={glue}", "--task", "sst2"]) == 0
+    assert f"{finished_run}: sst2: median accuracy" in capsys.readouterr().out
+    assert fingerprint(finished_run) == before  # no training row added, the checkpoint as it was
+    summary = RunRecord(finished_run).summary
+    entry = summary["downstream"]["sst2"]
+    assert (finished_run / "predictions" / "sst2" / entry["key"] / "seed-0.npy").is_file()
+    assert entry["dev_examples"] == 16 and "sst2.accuracy" in summary["metrics"]
+    assert "synthetic-topic" in summary["downstream"]  # merged beside the task it had
+    assert mtimes(finished_run / "predictions" / "synthetic-topic") == topic
+    assert (finished_run / "config.json").read_text() == config_before  # an ad hoc evaluation: the record's config
+    # where the files lie is not part of the key: the same data elsewhere is scored, not fine-tuned again
+    elsewhere = tmp_path / "copy"
+    shutil.copytree(glue, elsewhere / "glue")
+    assert main(["eval", str(finished_run), "--set", f"eval.glue_dir={elsewhere / 'glue'}", "--task", "sst2"]) == 0
+    assert RunRecord(finished_run).summary["downstream"]["sst2"]["key"] == entry["key"]
+
+
+def test_eval_takes_eval_overrides_only(finished_run, capsys):
+    before = fingerprint(finished_run)
+    for assignment, words in (
+        ("model.layers=3", "--set: model.layers: harness eval changes eval.* only"),
+        ("train.lr=1e-3", "--set: train.lr: harness eval changes eval.* only"),
+        ("eval.heldout_sequences=8", "--set: eval.heldout_sequences: the held-out MLM evaluation is part of"),
+        ("eval={mask_seed: 3}", "--set: eval.mask_seed: the held-out MLM evaluation is part of"),
+    ):
+        assert main(["eval", str(finished_run), "--set", assignment]) == 2
+        assert f"error: {words}" in capsys.readouterr().err
+    assert main(["eval", str(finished_run), "--set", "eval.finetune.lrr=1"]) == 2
+    assert "error: --set: eval.finetune.lrr: unknown key" in capsys.readouterr().err
+    assert fingerprint(finished_run) == before
+
+
+def test_an_unreachable_hub_fails_at_once_naming_glue_dir(finished_run, monkeypatch, capsys):
+    import datasets
+
+    import harness.data.sources as sources
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sources, "hub_reachable", lambda: False)  # one failed probe
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("datasets retries for half a minute"))
+    assert main(["eval", str(finished_run), "--task", "sst2"]) == 2
+    err = capsys.readouterr().err
+    assert "sst2: the Hugging Face hub cannot be reached" in err and "--set eval.glue_dir=DIR" in err
+
+
+def test_offline_mode_fails_at_once_without_retries(finished_run, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # fmt: skip
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "harness", "eval", str(finished_run), "--task", "sst2"], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "HF_HUB_OFFLINE is set" in done.stderr and "eval.glue_dir" in done.stderr
+    assert "Retrying" not in done.stderr and time.monotonic() - started < 60
 
 
 def test_adding_a_task_evaluates_only_it_and_a_changed_protocol_only_that(tmp_path, write_suite, capsys):
