@@ -1,4 +1,4 @@
-"""The command line: `harness run | data | eval | search | bench | export | import-hf | report | ls`.
+"""The command line: `harness run | data | eval | search | bench | export | import-hf | report | migrate | ls`.
 
 Exit status 2 for bad input, 1 when any run failed."""
 
@@ -489,6 +489,21 @@ def cmd_references(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from harness.migrate import migrate
+
+    for directory in args.dirs:
+        if not Path(directory).is_dir():
+            raise ConfigError(directory, "", "not a results directory")
+    result = migrate([Path(d) for d in args.dirs], dry_run=args.dry_run)
+    for problem in result.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if result.problems:
+        print("nothing was changed", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from harness.index import IndexFileError, write_index
 
@@ -885,6 +900,13 @@ def build_parser() -> argparse.ArgumentParser:
     refs.add_argument("dirs", nargs="+", help="suite results directories, e.g. results/roberta-table1-masking.tiny")
     refs.add_argument("--cache", help="stage cache to build data in (default: <results root>/_cache)")
     refs.set_defaults(func=cmd_references)
+
+    migrate = sub.add_parser(
+        "migrate", help="rename run records made under an earlier run-id rule to their current id (see README)"
+    )
+    migrate.add_argument("dirs", nargs="+", help="suite results directories or a results root, e.g. results/*.tiny")
+    migrate.add_argument("--dry-run", action="store_true", help="say what would be done; change nothing")
+    migrate.set_defaults(func=cmd_migrate)
 
     ls = sub.add_parser("ls", help="list runs with their status and headline metric")
     ls.add_argument("dir", nargs="?", default=DEFAULT_OUT, help="results root or one suite's directory")

@@ -1,6 +1,7 @@
 """Evaluation apart from pretraining: downstream settings are not part of the run id, each task's
 results are filed under its key, `harness eval --set eval.KEY=VALUE` evaluates a finished model
-another way, and `harness run` evaluates only what a finished run lacks."""
+another way, `harness run` evaluates only what a finished run lacks, and `harness migrate` renames
+records made under the earlier rule."""
 
 from __future__ import annotations
 
@@ -198,6 +199,66 @@ def test_another_finetuning_seed_fine_tunes_that_seed_alone(tmp_path, write_suit
     entry = RunRecord(run_dir).summary["downstream"]["synthetic-topic"]
     assert entry["key"] == key and set(entry["metrics"]["accuracy"]["seeds"]) == {"0", "1"}
     assert mtimes(run_dir / "predictions" / "synthetic-topic" / key)["seed-0.npy"] == seed_0
+
+
+def as_before_keys(run_dir: Path, suite_dir: Path, old_id: str) -> Path:
+    """A copy of the record as the earlier rule left it: filed under another id, predictions flat, no keys."""
+    old = suite_dir / old_id
+    shutil.copytree(run_dir, old)
+    for task_dir in (old / "predictions").iterdir():
+        for key_dir in [p for p in task_dir.iterdir() if p.is_dir()]:
+            for path in key_dir.iterdir():
+                if path.name != "task.json":
+                    path.rename(task_dir / path.name)
+            shutil.rmtree(key_dir)
+    for name in ("config.json", "summary.json"):
+        document = json.loads((old / name).read_text())
+        document["run_id"] = old_id
+        for entry in document.get("downstream", {}).values():
+            del entry["key"]
+        (old / name).write_text(json.dumps(document))
+    return old
+
+
+def test_migrate_renames_old_records_and_files_their_predictions(finished_run, tmp_path, capsys):
+    suite_dir = tmp_path / "t"
+    suite_dir.mkdir()
+    as_before_keys(finished_run, suite_dir, "0123456789ab")
+    assert main(["migrate", str(suite_dir), "--dry-run"]) == 0
+    assert f"0123456789ab would become {finished_run.name}" in capsys.readouterr().out
+    assert (suite_dir / "0123456789ab").is_dir()
+
+    assert main(["migrate", str(suite_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert f"0123456789ab -> {finished_run.name}; predictions of " in printed
+    migrated = suite_dir / finished_run.name
+    assert not (suite_dir / "0123456789ab").exists()
+    for name in ("config.json", "summary.json"):
+        assert json.loads((migrated / name).read_text())["run_id"] == finished_run.name
+    summary = RunRecord(migrated).summary
+    for task, entry in RunRecord(finished_run).summary["downstream"].items():  # the keys the evaluation gave
+        assert summary["downstream"][task]["key"] == entry["key"]
+        assert (migrated / "predictions" / task / entry["key"] / "seed-0.npy").is_file()
+    # up to date: the suite finds nothing to evaluate, and migrating again changes nothing
+    from harness.downstream import tasks_to_evaluate
+
+    assert tasks_to_evaluate(RunRecord(migrated).config["config"], summary) == []
+    before = mtimes(migrated)
+    assert main(["migrate", str(suite_dir)]) == 0
+    assert "1 record(s): 0 renamed, 1 already under their id" in capsys.readouterr().out
+    assert mtimes(migrated) == before
+
+
+def test_migrate_refuses_collisions_and_changes_nothing(finished_run, tmp_path, capsys):
+    suite_dir = tmp_path / "t"
+    suite_dir.mkdir()
+    for old_id in ("0123456789ab", "ba9876543210"):  # two records that differed in eval settings alone
+        as_before_keys(finished_run, suite_dir, old_id)
+    before = mtimes(suite_dir)
+    assert main(["migrate", str(suite_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"all become {suite_dir / finished_run.name}: they differ in eval settings alone" in err
+    assert "nothing was changed" in err and mtimes(suite_dir) == before
 
 
 def test_with_jobs_finished_runs_are_evaluated_in_children(tmp_path, write_suite, capsys):
