@@ -1,4 +1,4 @@
-"""The command line: `harness run | data | eval | search | bench | export | import-hf | report | ls`.
+"""The command line: `harness run | data | eval | search | bench | export | import-hf | report | migrate | ls`.
 
 Exit status 2 for bad input, 1 when any run failed."""
 
@@ -173,6 +173,35 @@ def run_label(number: int, total: int, run) -> str:
     return f"[{number}/{total}] {run.arm} seed={run.seed} ({run.run_id})"
 
 
+def tasks_left(run, run_dir: Path) -> list[str] | None:
+    """None for a run to train (not done); for a finished one, the tasks of its config it still lacks
+    (none, or ones added or changed since it ran: harness/downstream.py)."""
+    from harness.downstream import tasks_to_evaluate
+
+    record = RunRecord(run_dir)
+    if not record.is_done():
+        return None
+    return tasks_to_evaluate(run.config.model_dump(mode="json"), record.summary)
+
+
+def evaluate_one(run, run_dir: Path, label: str, tasks: list[str], device) -> str:
+    """Evaluate a finished run, whose lock is held, on the tasks it lacks, from its checkpoint:
+    "evaluated", "failed" (the run stays done; the suite goes on) or "interrupted"."""
+    from harness.runner import evaluate_run
+
+    try:
+        downstream = evaluate_run(run_dir, device, tasks, config=run.config, keep_config=True)
+    except KeyboardInterrupt:
+        print(f"{label}: evaluation interrupted (the run stays done)", file=sys.stderr)
+        return "interrupted"
+    except Exception as err:  # the pretrained run is safe; its evaluation can be retried
+        print(f"{label}: evaluation FAILED: {type(err).__name__}: {err}", file=sys.stderr)
+        return "failed"
+    scores = [f"{task}.{m} = {r['median']:.4f}" for task, t in downstream.items() for m, r in t["metrics"].items()]
+    print(f"{label}: evaluated, {', '.join(scores)}")
+    return "evaluated"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite, overrides=args.set or [], arms=args.arm)
     if args.only_run:
@@ -189,7 +218,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         rows = []
         for run in runs:
-            state = "done" if RunRecord(suite.run_dir(out_root, run)).is_done() else "to run"
+            left = tasks_left(run, suite.run_dir(out_root, run))
+            state = "to run" if left is None else f"to evaluate: {', '.join(left)}" if left else "done"
             rows.append([run.arm, str(run.seed), run.run_id, state])
         print(_format_table(["arm", "seed", "run-id", "state"], rows))
         for arm, arm_runs in suite.by_arm().items():
@@ -220,7 +250,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     ranks = from_environment(device_type)
     if ranks.enabled and (args.jobs or 1) > 1:
         raise ConfigError("--jobs", "jobs", "under torchrun each run already spans several processes: use --jobs 1")
-    to_do = sum(not RunRecord(suite.run_dir(out_root, run)).is_done() for run in runs)
+    left = {run.run_id: tasks_left(run, suite.run_dir(out_root, run)) for run in runs}
+    to_do = sum(tasks is None or bool(tasks) for tasks in left.values())
     cores = usable_cores()
     jobs = min(args.jobs or default_jobs(cores, to_do, device_type), max(1, to_do))
     # torchrun's processes on this machine share its cores too
@@ -240,7 +271,8 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"each run's output in its {LOG_NAME}")  # fmt: skip
         work = [
             Job(run_label(n, total, run), run.run_id, suite.run_dir(out_root, run),
-                child_run_argv(args, device_type, "--only-run", run.run_id, "--threads", str(threads)))
+                child_run_argv(args, device_type, "--only-run", run.run_id, "--threads", str(threads)),
+                tuple(left[run.run_id] or ()))
             for n, run in enumerate(runs, 1)
         ]  # fmt: skip
         tally = run_parallel(work, jobs, threads, where, lambda label, s: done_line(label, s, headline),
@@ -257,7 +289,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_sequentially(args, suite: Suite, runs: list, out_root: Path, cache, device, options, where: str) -> Tally:
-    """One run after another in this process (under torchrun, every rank takes part in each)."""
+    """One run after another in this process (under torchrun, every rank takes part in each; a
+    finished run lacking tasks is evaluated by rank 0 alone)."""
     from harness.records import RunLock
 
     ranks = options.distributed
@@ -267,15 +300,7 @@ def _run_sequentially(args, suite: Suite, runs: list, out_root: Path, cache, dev
         run_dir = suite.run_dir(out_root, run)
         label = run_label(number, len(runs), run)
         lock = RunLock(run_dir)
-        decision = "train"
-        if ranks.is_main:
-            if RunRecord(run_dir).is_done():
-                decision = "done"
-            elif not lock.acquire():
-                decision = "busy"
-            elif RunRecord(run_dir).is_done():  # finished by another process just before we locked it
-                lock.release()
-                decision = "done"
+        decision, tasks = _decide(run, run_dir, lock) if ranks.is_main else ("train", [])
         decision = ranks.broadcast(decision)
         if decision == "done":
             if ranks.is_main:
@@ -283,8 +308,22 @@ def _run_sequentially(args, suite: Suite, runs: list, out_root: Path, cache, dev
             tally.skipped += 1
             continue
         if decision == "busy":
-            print(f"{label}: being trained by {lock.holder()}, skipped")
+            print(f"{label}: being trained or evaluated by {lock.holder()}, skipped")
             tally.busy += 1
+            continue
+        if decision == "evaluate":
+            if not ranks.is_main:
+                continue
+            print(f"{label}: done; evaluating {', '.join(tasks)} on {where}")
+            with lock:
+                outcome = evaluate_one(run, run_dir, label, tasks, device)
+            if outcome == "interrupted":
+                tally.interrupted = True
+                break
+            if outcome == "evaluated":
+                tally.evaluated += 1
+            else:
+                tally.not_evaluated.append(run.run_id)
             continue
         if ranks.is_main:
             where = f"{ranks.world} processes" if ranks.enabled else where
@@ -300,6 +339,22 @@ def _run_sequentially(args, suite: Suite, runs: list, out_root: Path, cache, dev
         else:
             (tally.diverged if outcome == "diverged" else tally.failed).append(run.run_id)
     return tally
+
+
+def _decide(run, run_dir: Path, lock) -> tuple[str, list[str]]:
+    """What a run needs: "done" (nothing), "busy" (another process holds it), "evaluate" (a finished
+    run lacking tasks, returned with them) or "train"; the lock is held for the last two."""
+    if tasks_left(run, run_dir) == []:
+        return "done", []
+    if not lock.acquire():
+        return "busy", []
+    tasks = tasks_left(run, run_dir)  # again, now that no other process can be at it
+    if tasks is None:
+        return "train", []
+    if not tasks:
+        lock.release()
+        return "done", []
+    return "evaluate", tasks
 
 
 def _run_child(args: argparse.Namespace, suite: Suite) -> int:
@@ -319,6 +374,14 @@ def _run_child(args: argparse.Namespace, suite: Suite) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     set_torch_threads(args.threads or 1)
     device = torch.device(args.device or "cpu")
+    tasks = tasks_left(run, suite.run_dir(out_root, run))
+    if tasks is not None:  # finished: evaluate what it lacks, if another process has not just done so
+        if not tasks:
+            print(f"{run.arm} seed={run.seed} ({run.run_id}): done, nothing left to evaluate")
+            return 0
+        print(f"{run.arm} seed={run.seed} ({run.run_id}): evaluating {', '.join(tasks)} on {device}", flush=True)
+        outcome = evaluate_one(run, suite.run_dir(out_root, run), run.run_id, tasks, device)
+        return {"evaluated": 0, "interrupted": 130}.get(outcome, 1)
     options = RunOptions(args.compile, args.checkpoint_every, args.keep_checkpoints, args.spike_factor)
     print(f"{run.arm} seed={run.seed} ({run.run_id}): training on {device}, {torch.get_num_threads()} thread(s) "
           f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})", flush=True)  # fmt: skip
@@ -332,7 +395,11 @@ def _run_child(args: argparse.Namespace, suite: Suite) -> int:
 def _end_of_run(args: argparse.Namespace, suite: Suite, out_root: Path, tally: Tally) -> int:
     """The suite's table and report once every run has ended, then what did not go well; exit 1 when a run failed."""
     if tally.trained == 0 and not tally.failed and not tally.diverged and not tally.busy:
-        print(f"all {tally.skipped} run(s) were already done: nothing trained")
+        if tally.evaluated or tally.not_evaluated:
+            done = f", {tally.skipped} already up to date" if tally.skipped else ""
+            print(f"nothing trained: {tally.evaluated} finished run(s) evaluated on the task(s) they lacked{done}")
+        else:
+            print(f"all {tally.skipped} run(s) were already done: nothing trained")
     print()
     print(suite_table(suite, out_root))
     if not args.no_report:
@@ -342,11 +409,13 @@ def _end_of_run(args: argparse.Namespace, suite: Suite, out_root: Path, tally: T
               file=sys.stderr)  # fmt: skip
     if tally.busy:
         print(f"\n{tally.busy} run(s) were being trained by other processes", file=sys.stderr)
+    if tally.not_evaluated:
+        print(f"\n{len(tally.not_evaluated)} finished run(s) could not be evaluated: {', '.join(tally.not_evaluated)} "
+              "(they stay done; the error is above, or in their output.log)", file=sys.stderr)  # fmt: skip
     if tally.failed:
         print(f"\n{len(tally.failed)} run(s) failed: {', '.join(tally.failed)} (see status.json in each)",
               file=sys.stderr)  # fmt: skip
-        return 1
-    return 0
+    return 1 if tally.failed or tally.not_evaluated else 0
 
 
 def _report_after_run(args: argparse.Namespace, out_root: Path) -> None:
@@ -418,6 +487,21 @@ def cmd_references(args: argparse.Namespace) -> int:
         for run_dir in sorted(p.parent for p in directory.glob("*/summary.json")):
             changed += fill_references(run_dir, cache)
     print(f"{changed} record(s) updated")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from harness.migrate import migrate
+
+    for directory in args.dirs:
+        if not Path(directory).is_dir():
+            raise ConfigError(directory, "", "not a results directory")
+    result = migrate([Path(d) for d in args.dirs], dry_run=args.dry_run)
+    for problem in result.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if result.problems:
+        print("nothing was changed", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -555,17 +639,54 @@ def cmd_import(args: argparse.Namespace) -> int:
     return _interop(import_hf, args.hf_dir, args.out)
 
 
+def eval_changes(assignments: list[str]) -> dict[str, Any]:
+    """`harness eval --set eval.KEY=VALUE ...` -> the changes to a run's eval section. Anything else
+    would change the pretrained model, and so would the held-out fields of eval: refused."""
+    from harness.config import HELDOUT_EVAL_FIELDS, deep_merge, nested, parse_set
+
+    changes: dict[str, Any] = {}
+    for assignment in assignments:
+        parts, value = parse_set(assignment)
+        key = ".".join(parts)
+        if parts[0] != "eval":
+            raise ConfigError(
+                "--set",
+                key,
+                "harness eval changes eval.* only: the rest decides the pretrained model (and its run "
+                "id); a changed model is pretrained by `harness run`",
+            )
+        change = nested(parts[1:], value) if len(parts) > 1 else value
+        if not isinstance(change, dict):
+            raise ConfigError("--set", key, "expected a mapping of eval settings")
+        held_out = [f for f in HELDOUT_EVAL_FIELDS if f in change]
+        if held_out:
+            raise ConfigError(
+                "--set",
+                f"eval.{held_out[0]}",
+                "the held-out MLM evaluation is part of pretraining and of the run "
+                "id: harness eval redoes downstream tasks only",
+            )
+        changes = deep_merge(changes, change)
+    return changes
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    changes = eval_changes(args.set or [])  # bad overrides stop here, before torch is imported
     import torch
 
-    from harness.runner import evaluate_run
+    from harness.runner import evaluate_run, evaluation_config
     from harness.tasks import TaskDataError
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     status = 0
     for run_dir in args.run_dir:
         try:
-            downstream = evaluate_run(Path(run_dir), device, args.task)
+            config = evaluation_config(Path(run_dir), changes, args.task)
+            downstream = evaluate_run(Path(run_dir), device, args.task, config=config)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            status = 2
+            continue
         except (TaskDataError, ValueError, OSError) as err:
             print(f"error: {run_dir}: {err}", file=sys.stderr)
             status = 2
@@ -695,6 +816,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="(re-)evaluate finished runs downstream without retraining")
     evaluate.add_argument("run_dir", nargs="+", help="run directories (results/<suite>/<run-id>)")
     evaluate.add_argument("--task", action="append", help="only this task (repeatable; default: the run's eval.tasks)")
+    evaluate.add_argument(
+        "--set",
+        action="append",
+        metavar="eval.KEY=VALUE",
+        help="override an eval field of the run's config, e.g. eval.glue_dir=DIR (eval.* only, held-out fields aside)",
+    )
     evaluate.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
     evaluate.set_defaults(func=cmd_eval)
 
@@ -774,6 +901,13 @@ def build_parser() -> argparse.ArgumentParser:
     refs.add_argument("dirs", nargs="+", help="suite results directories, e.g. results/roberta-table1-masking.tiny")
     refs.add_argument("--cache", help="stage cache to build data in (default: <results root>/_cache)")
     refs.set_defaults(func=cmd_references)
+
+    migrate = sub.add_parser(
+        "migrate", help="rename run records made under an earlier run-id rule to their current id (see README)"
+    )
+    migrate.add_argument("dirs", nargs="+", help="suite results directories or a results root, e.g. results/*.tiny")
+    migrate.add_argument("--dry-run", action="store_true", help="say what would be done; change nothing")
+    migrate.set_defaults(func=cmd_migrate)
 
     ls = sub.add_parser("ls", help="list runs with their status and headline metric")
     ls.add_argument("dir", nargs="?", default=DEFAULT_OUT, help="results root or one suite's directory")

@@ -492,30 +492,45 @@ class RunConfig(Schema):
         return self
 
     def run_id(self) -> str:
-        """Content address of the run: the same resolved config always gives the same id. Fields added
-        after results existed (ADDED_LATER) count only when set, so adding one leaves every earlier
-        run id, and the records filed under it, valid."""
-        dump = self.model_dump(mode="json")
-        for path in ADDED_LATER:
-            _drop_unset(dump, path.split("."))
-        canonical = json.dumps(dump, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        """Content address of the pretrained model: the same resolved config always gives the same id
+        (see `run_id_of`)."""
+        return run_id_of(self.model_dump(mode="json"))
 
+
+# the eval fields that decide the held-out MLM metrics recorded during pretraining (batch_size: the float
+# sums run in another order); every other eval field only decides downstream fine-tuning
+HELDOUT_EVAL_FIELDS = ("heldout_sequences", "mask_seed", "batch_size")
 
 # every field added to RunConfig from now on belongs here, with None meaning "as before it existed"
+# (fields of `eval` other than HELDOUT_EVAL_FIELDS need no entry: they are not part of the run id)
 ADDED_LATER = (
     "model.init_from",
     "data.tokenizer.file",
     "data.corpus.text_layout",
-    "eval.task_files",
     "model.positions",
-    "eval.finetune.lr_grid",
-    "eval.finetune.pooling",
-    "eval.task_overrides.*.lr_grid",  # *: every key of a mapping
-    "eval.task_overrides.*.pooling",
     "train.pretrain",
-    "eval.task_defs",
 )
+
+
+def pretraining_part(dump: dict[str, Any]) -> dict[str, Any]:
+    """What of a config dump (`RunConfig.model_dump(mode="json")`, as config.json holds it) decides the
+    pretrained model and its recorded held-out metrics: model, data, masking, train and the held-out
+    fields of eval; fields added later only when set."""
+    reduced = copy.deepcopy({key: value for key, value in dump.items() if key != "eval"})
+    evaluation = dump.get("eval") or {}
+    reduced["eval"] = {name: evaluation[name] for name in HELDOUT_EVAL_FIELDS if name in evaluation}
+    for path in ADDED_LATER:
+        _drop_unset(reduced, path.split("."))
+    return reduced
+
+
+def run_id_of(dump: dict[str, Any]) -> str:
+    """The run id of a config dump: a hash of its pretraining part, so downstream settings (tasks, the
+    fine-tuning protocol, where task data lives) leave it unchanged and a finished model is evaluated
+    again rather than pretrained again. Fields added after results existed (ADDED_LATER) count only
+    when set, so adding one leaves every earlier run id, and the records filed under it, valid."""
+    canonical = json.dumps(pretraining_part(dump), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
 def _drop_unset(holder: Any, parts: list[str]) -> None:

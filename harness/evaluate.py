@@ -9,6 +9,8 @@
 - With `finetune.lr_grid`, each task's learning rate is chosen first, on its training examples
   alone (a seeded 80/20 split of them); the dev split is read only to score the final fine-tunings.
 - Span-extraction tasks (SQuAD) have their own data, head and metrics: harness/evaluate_span.py.
+- Everything a task leaves is filed under its key (harness/downstream.py), so another protocol of the
+  same task on the same model never mixes with, nor overwrites, an earlier one.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from harness.data.batches import MicroBatch, collate
 from harness.data.formats import Sequences
 from harness.data.masking import IGNORE, mask_sequence
 from harness.data.tokenizer import SpecialTokens
+from harness.downstream import task_identity, task_key, write_identity
 from harness.evaluate_span import evaluate_span_task, squad_data_for
 from harness.model import PretrainingModel, SequenceClassifier
 from harness.records import atomic_write_json, read_json
 from harness.squad import SPAN_TASKS, SquadData
-from harness.tasks import TaskData, TaskSpec, load_task, majority_baseline, score
+from harness.tasks import TaskData, TaskDataError, TaskSpec, load_task, majority_baseline, score
 from harness.train import adamw, autocast_for, lr_at
 
 EVAL_MASKING = MaskingConfig()  # the yardstick mask: the paper's defaults, independent of the arm
@@ -257,25 +260,33 @@ def evaluate_downstream(
 ) -> dict[str, dict]:
     """Every task x fine-tuning seed, skipping pairs whose predictions are already on disk.
 
-    Per seed the dev predictions are kept (predictions/<task>/seed-<s>.npy, labels beside them), so
-    any metric can be recomputed; a seed whose loss went NaN is kept as diverged and left out of
-    the median, with the count shown. With an lr grid the choice is made first and kept beside them
-    (predictions/<task>/lr_selection.json), then used by every seed."""
+    Per task and key (harness/downstream.py: its definition and protocol) and per seed the dev
+    predictions are kept (predictions/<task>/<key>/seed-<s>.npy, labels beside them), so any metric
+    can be recomputed; a seed whose loss went NaN is kept as diverged and left out of the median, with
+    the count shown. With an lr grid the choice is made first and kept beside them (lr_selection.json),
+    then used by every seed."""
     results: dict[str, dict] = {}
+    dump = config.model_dump(mode="json")
     names = tasks if tasks is not None else config.eval.tasks
     specs = {name: config.eval.task(name) for name in names if name not in SPAN_TASKS}
     for name in names:  # every name known (built in, span or declared by the run) before any work
         if name in SPAN_TASKS:  # span extraction: its own windows, head, predictions and metrics
-            results[name] = evaluate_span_task(
-                pretrained, config, name, tokenizer, specials, device, predictions_dir / name, log
-            )
+            identity = task_identity(dump, name)
+            folder = predictions_dir / name / task_key(identity)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_identity(folder, identity)
+            results[name] = evaluate_span_task(pretrained, config, name, tokenizer, specials, device, folder, log)
+            results[name]["key"] = task_key(identity)
             continue
         spec = specs[name]
         protocol = config.eval.finetune_for(name)
         data = task_data_for(config, name)
-        folder = predictions_dir / name
+        identity = task_identity(dump, name)
+        key = task_key(identity)
+        folder = predictions_dir / name / key
         folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / "labels.npy", data.dev_labels)
+        write_identity(folder, identity)
+        keep_labels(folder, name, data.dev_labels)
         max_len = protocol.max_len or config.data.max_seq_len
         selection = None
         if protocol.lr_grid is not None:
@@ -317,6 +328,7 @@ def evaluate_downstream(
             for metric in spec.metrics
         }
         results[name] = {
+            "key": key,
             "metrics": metrics,
             "diverged_seeds": diverged,
             "majority_baseline": majority_baseline(spec, data),
@@ -328,6 +340,20 @@ def evaluate_downstream(
         if selection is not None:
             results[name]["lr_selection"] = selection
     return results
+
+
+def keep_labels(folder: Path, task: str, labels: np.ndarray) -> None:
+    """The dev labels beside the predictions, written once. Where the task's data is read from is not
+    part of its key (harness/downstream.py), so labels that differ from those kept mean other data
+    under the same key: refused, rather than scoring old predictions against new labels."""
+    path = folder / "labels.npy"
+    if not path.is_file():
+        np.save(path, labels)
+    elif not np.array_equal(np.load(path), labels):
+        raise TaskDataError(
+            f"{task}: the dev labels read now differ from those kept with the predictions in {folder} (the task's "
+            "data changed, e.g. another eval.glue_dir): move that folder away to fine-tune on the new data"
+        )
 
 
 def dev_split_name(spec: TaskSpec, chosen: str | None) -> str:

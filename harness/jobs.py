@@ -11,7 +11,9 @@ count only, so N jobs give the records of one job at the same threads per run.
 The parent takes each run's lock and hands it to the child (an inherited descriptor: the kernel
 keeps the lock while either holds it), keeps at most N children going, shows every running run from
 the status.json and metrics.jsonl it writes, and reads each outcome from status.json, so a run is
-recorded exactly as a sequential `harness run` records it.
+recorded exactly as a sequential `harness run` records it. A finished run that lacks downstream tasks
+goes to a child the same way, which evaluates them from its checkpoint (`Job.evaluate`); whatever
+happens to that evaluation, the run stays done.
 """
 
 from __future__ import annotations
@@ -186,6 +188,7 @@ class Job:
     run_id: str
     run_dir: Path
     argv: list[str]
+    evaluate: tuple[str, ...] = ()  # a finished run's tasks left to evaluate; empty: a run to train
 
 
 @dataclass
@@ -194,8 +197,10 @@ class Tally:
 
     skipped: int = 0
     trained: int = 0
+    evaluated: int = 0  # finished runs evaluated on the tasks they lacked, nothing trained
     busy: int = 0
     failed: list[str] = field(default_factory=list)
+    not_evaluated: list[str] = field(default_factory=list)  # finished runs whose evaluation failed (still done)
     diverged: list[str] = field(default_factory=list)
     interrupted: bool = False
 
@@ -251,6 +256,13 @@ def _status_lines(running: list[_Child], waiting: int) -> list[str]:
 
 def _start(job: Job, environment: dict[str, str], where: str, tally: Tally, board: Board) -> _Child | None:
     record, lock = RunRecord(job.run_dir), RunLock(job.run_dir)
+    if job.evaluate:  # a finished run: the child evaluates what it lacks (nothing, if another process just did)
+        if not lock.acquire():
+            board.event(f"{job.label}: being evaluated by {lock.holder()}, skipped")
+            tally.busy += 1
+            return None
+        board.event(f"{job.label}: done; evaluating {', '.join(job.evaluate)} on {where}")
+        return _spawn(job, environment, lock)
     if record.is_done():
         board.event(f"{job.label}: already done, skipped")
         tally.skipped += 1
@@ -265,6 +277,10 @@ def _start(job: Job, environment: dict[str, str], where: str, tally: Tally, boar
         tally.skipped += 1
         return None
     board.event(f"{job.label}: training on {where}")
+    return _spawn(job, environment, lock)
+
+
+def _spawn(job: Job, environment: dict[str, str], lock: RunLock) -> _Child:
     try:
         with (job.run_dir / LOG_NAME).open("a") as log:
             log.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S%z')} {' '.join(job.argv)}\n")
@@ -290,6 +306,14 @@ def _collect(child: _Child, tally: Tally, board: Board, done_line: Callable[[str
     job, code = child.job, child.process.returncode
     record = RunRecord(job.run_dir)
     status = record.status or {}
+    if job.evaluate:  # the run stays done whatever happened to its evaluation
+        if code == 0:
+            tally.evaluated += 1
+            board.event(f"{job.label}: evaluated {', '.join(job.evaluate)}")
+        else:
+            tally.not_evaluated.append(job.run_id)
+            board.event(f"{job.label}: evaluation FAILED (log: {job.run_dir / LOG_NAME})", error=True)
+        return
     if record.is_done():
         tally.trained += 1
         board.event(done_line(job.label, record.summary or {}))
@@ -331,6 +355,9 @@ def _stop(running: list[_Child], board: Board) -> None:
     for child in running:
         child.process.wait()
         child.lock.release()
+        if child.job.evaluate:
+            board.event(f"{child.job.label}: evaluation interrupted (the run stays done)", error=True)
+            continue
         record = RunRecord(child.job.run_dir)
         if (record.status or {}).get("state") == "running":  # killed before it recorded the interruption
             record.set_status("failed", error="KeyboardInterrupt: killed", interrupted=True)

@@ -127,6 +127,12 @@ class RunRecord:
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.dir / "config.json", {"schema_version": SCHEMA_VERSION, **header, "config": config})
 
+    def set_eval(self, evaluation: dict[str, Any]) -> None:
+        """config.json with another eval section: a finished run evaluated as its suite now asks. Only
+        the held-out fields of eval are part of a run id, and the run keeps them."""
+        header = self.config or {}
+        atomic_write_json(self.dir / "config.json", {**header, "config": {**header["config"], "eval": evaluation}})
+
     def start(self, header: dict[str, Any], config: dict[str, Any]) -> None:
         """A fresh attempt: config written, old metrics cleared, status running."""
         self._write_config(header, config)

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from harness.config import ConfigError
+from harness.downstream import tasks_to_evaluate
 from harness.records import SCHEMA_VERSION, atomic_write_json, read_jsonl
 from harness.suite import Suite, SuiteSpec, load_suite
 
@@ -344,6 +345,14 @@ def load_results(sources: list[SuiteSource], problems: list[str] | None = None) 
                         f"{record['run_id']} ({', '.join(r['run_id'] for r in superseded)})"
                     )
                 rows.record(base, record)
+                config = source.configs.get((arm, seed))
+                if config is not None and record["state"] == "done":
+                    lacking = tasks_to_evaluate(config, record["summary"])
+                    if lacking:
+                        rows.notes.append(
+                            f"{source.name} {arm} seed {seed}: {', '.join(lacking)} not evaluated as the suite now "
+                            "asks (another task definition, protocol or fine-tuning seeds): `harness run` evaluates it"
+                        )
 
     runs = pd.DataFrame(rows.runs)
     if len(runs):

@@ -21,7 +21,7 @@ from tokenizers import Tokenizer
 
 import harness
 from harness.checkpoint import Checkpointer
-from harness.config import ModelConfig, RunConfig
+from harness.config import ConfigError, ModelConfig, RunConfig, deep_merge, has_path, run_id_of, validate_run_config
 from harness.data.batches import PretrainingBatches
 from harness.data.cache import StageCache
 from harness.data.pipeline import PreparedData, prepare_data
@@ -49,8 +49,12 @@ def code_version() -> str:
     return f"{harness.__version__}+{sha}" if sha else harness.__version__
 
 
-def load_pretrained(run_dir: Path) -> tuple[RunConfig, PretrainingModel, Tokenizer, SpecialTokens]:
-    """A finished run's config, model and tokenizer, checked against each other."""
+def load_pretrained(
+    run_dir: Path, config: RunConfig | None = None
+) -> tuple[RunConfig, PretrainingModel, Tokenizer, SpecialTokens]:
+    """A finished run's config, model and tokenizer, checked against each other. With `config`, the
+    run is evaluated as that config says, which must describe the same pretrained model (the same run
+    id); without it, as its own config.json says."""
     header = RunRecord(run_dir).config
     if header is None:
         raise ValueError(f"{run_dir}: no config.json: not a run directory")
@@ -58,7 +62,12 @@ def load_pretrained(run_dir: Path) -> tuple[RunConfig, PretrainingModel, Tokeniz
         raise ValueError(
             f"{run_dir}: written by record schema {header.get('schema_version')}, this is {SCHEMA_VERSION}"
         )
-    config = RunConfig.model_validate(header["config"])
+    if config is None:
+        config = RunConfig.model_validate(header["config"])
+    elif run_id_of(header["config"]) != config.run_id():
+        raise ValueError(
+            f"{run_dir}: pretrained with another config (run id {run_id_of(header['config'])}, not {config.run_id()})"
+        )
     weights = run_dir / "checkpoint" / "model.safetensors"
     tokenizer_file = run_dir / "checkpoint" / "tokenizer.json"
     if not weights.is_file() or not tokenizer_file.is_file():
@@ -75,6 +84,23 @@ def load_pretrained(run_dir: Path) -> tuple[RunConfig, PretrainingModel, Tokeniz
     model = PretrainingModel(config.model, rows, specials.pad, nsp=config.data.nsp)
     model.load_state_dict(state)
     return config, model, tokenizer, specials
+
+
+def evaluation_config(run_dir: Path, changes: dict[str, Any], tasks: list[str] | None = None) -> RunConfig:
+    """A finished run's own config with `changes` to its eval section (`harness eval --set eval.KEY=...`)
+    and, with `tasks`, eval.tasks set to them; validated, errors naming `--set` for keys it set and
+    the run's config.json for the rest."""
+    header = RunRecord(run_dir).config
+    if header is None:
+        raise ValueError(f"{run_dir}: no config.json: not a run directory")
+    overrides = {"eval": {**changes, **({"tasks": list(tasks)} if tasks else {})}}
+    try:
+        return validate_run_config(deep_merge(header["config"], overrides), str(run_dir / "config.json"))
+    except ConfigError as err:
+        # a key given on the command line, or a check of the eval section as a whole once it was changed
+        if overrides["eval"] and (err.key_path in ("", "eval") or has_path(overrides, err.key_path)):
+            raise ConfigError("--set" if changes else "--task", err.key_path, err.message) from None
+        raise
 
 
 SHAPE_FIELDS = ("layers", "hidden", "heads", "ffn", "max_len", "token_types", "norm", "positions")
@@ -111,10 +137,20 @@ def start_from(model: PretrainingModel, source_dir: Path, config: RunConfig, log
     log(f"  starting from the weights of {source_dir}{fresh}")
 
 
-def evaluate_run(run_dir: Path, device: torch.device, tasks: list[str] | None = None, log=print) -> dict[str, Any]:
-    """(Re-)evaluate a finished run downstream; task/seed pairs already on disk are not redone.
-    Returns the tasks evaluated; summary.json gets them merged in."""
-    config, model, tokenizer, specials = load_pretrained(run_dir)
+def evaluate_run(
+    run_dir: Path,
+    device: torch.device,
+    tasks: list[str] | None = None,
+    log=print,
+    config: RunConfig | None = None,
+    keep_config: bool = False,
+) -> dict[str, Any]:
+    """(Re-)evaluate a finished run downstream, as its config.json or `config` (which must describe the
+    same pretrained model: `load_pretrained`) says; task/seed pairs already on disk under their key
+    are scored, not fine-tuned again. Returns the tasks evaluated; summary.json gets them merged in,
+    and with `keep_config` config.json takes `config`'s eval section (a suite's run brought up to
+    date: its record then says how it was evaluated)."""
+    config, model, tokenizer, specials = load_pretrained(run_dir, config)
     model.to(device)
     downstream = evaluate_downstream(model, config, tokenizer, specials, device, run_dir / "predictions", tasks, log)
     record = RunRecord(run_dir)
@@ -122,6 +158,8 @@ def evaluate_run(run_dir: Path, device: torch.device, tasks: list[str] | None = 
     summary.pop("schema_version", None)
     summary["downstream"] = {**summary.get("downstream", {}), **downstream}
     summary["metrics"] = {**summary.get("metrics", {}), **flat_downstream_metrics(downstream)}
+    if keep_config:
+        record.set_eval(config.eval.model_dump(mode="json"))
     record.finish(summary)
     return downstream
 

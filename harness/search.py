@@ -163,7 +163,8 @@ class TrialContext:
 
 def make_objective(ctx: TrialContext) -> Callable[[Any], float]:
     optuna = _optuna()
-    from harness.runner import RunPruned, execute_run
+    from harness.downstream import tasks_to_evaluate
+    from harness.runner import RunPruned, evaluate_run, execute_run
 
     search = ctx.suite.spec.search
     metric = search.objective.metric
@@ -188,8 +189,13 @@ def make_objective(ctx: TrialContext) -> Callable[[Any], float]:
     def _objective_value(trial, record: RunRecord, run: Run, run_dir: Path, params: dict[str, Any]) -> float:
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
         config = run.config
-        if record.is_done():  # the same config already ran (a retry, or the sampler repeating itself)
-            ctx.log(f"trial {trial.number} [{ctx.study_name}] {shown}: reusing finished run {run.run_id}")
+        if record.is_done():  # the same model already ran (a retry, the sampler repeating itself, or
+            # trials that differ in eval settings alone): evaluated on what its summary lacks for this trial
+            tasks = tasks_to_evaluate(config.model_dump(mode="json"), record.summary)
+            also = f", evaluating {', '.join(tasks)}" if tasks else ""
+            ctx.log(f"trial {trial.number} [{ctx.study_name}] {shown}: reusing finished run {run.run_id}{also}")
+            if tasks:
+                evaluate_run(run_dir, ctx.device, tasks, log=lambda *_: None, config=config)
             summary = record.summary
         else:
             ctx.log(f"trial {trial.number} [{ctx.study_name}] {shown}: run {run.run_id}")

@@ -524,6 +524,7 @@ def load_suite(path: str | Path, overrides: list[str] = (), arms: list[str] | No
     # controls come after every arm, so adding them leaves the arms' places in `--shard` unchanged
     for control in selected_controls:
         runs.extend(_control_runs(spec, control, controls[control], cli_override, source, library))
+    _check_distinct_models(runs, source)
     declared = {name: d for run in runs for name, d in (run.config.eval.task_defs or {}).items()}
     known_metrics = metric_names(declared)
     for metric in spec.metrics:
@@ -619,6 +620,23 @@ def _control_runs(
         tags = {"control": "random_init", "built_from": arm}
         runs.append(Run(suite=spec.name, arm=control, seed=run.seed, config=config, tags=tags))
     return runs
+
+
+def _check_distinct_models(runs: list[Run], source: str) -> None:
+    """Arms that differ in downstream settings alone would pretrain one model: one run id, one record,
+    which keeps one result per task. Refused, naming both arms (arms with the very same config share
+    their record, as they always have)."""
+    first: dict[str, Run] = {}
+    for run in runs:
+        other = first.setdefault(run.run_id, run)
+        if other.arm != run.arm and other.config != run.config:
+            raise ConfigError(
+                source,
+                f"arms.{run.arm}",
+                f"pretrains the same model as arm {other.arm} (run id {run.run_id}): arms differing in eval settings "
+                "alone share one run; evaluate another protocol of a finished run with `harness eval RUN --set "
+                "eval.KEY=VALUE`",
+            )
 
 
 def _check_controls(spec: SuiteSpec, source: str) -> None:

@@ -425,23 +425,33 @@ def load_glue_task(task: str | TaskSpec, glue_dir: str | None, dev_split: str | 
 
 
 def _load_hub_task(spec: TaskSpec, dev_split: str | None) -> TaskData:
-    import datasets
+    from harness.data.sources import OFFLINE_VARIABLES, hub_reachable
 
     hub = spec.definition.hub
     fields = spec.definition.fields(hub)
+    instead = (
+        "set eval.glue_dir to a local GLUE download (TSV layout): in the suite, or --set eval.glue_dir=DIR on "
+        "`harness run` or `harness eval`"
+        if spec.definition.glue is not None
+        else "give the task train and dev files"
+    )
+    offline = next((name for name in OFFLINE_VARIABLES if os.environ.get(name)), None)
+    if offline is None and not hub_reachable():  # datasets would retry for half a minute per split
+        raise TaskDataError(
+            f"{spec.name}: the Hugging Face hub cannot be reached (no connection to huggingface.co) to load "
+            f"{hub.name!r} config {hub.config!r}. Without network, {instead} (a copy in the datasets cache is read "
+            "with HF_DATASETS_OFFLINE=1)"
+        )
+    import datasets
+
     tables = []
     for split in (hub.train, dev_split or hub.dev):
         try:
             loaded = datasets.load_dataset(hub.name, hub.config, split=split)
         except Exception as err:  # datasets raises many types when offline
-            offline = " (offline mode is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
-            instead = (
-                "set eval.glue_dir to a local GLUE download (TSV layout)"
-                if spec.definition.glue is not None
-                else "give the task train and dev files"
-            )
+            mode = f" ({offline} is set: only the datasets cache is read)" if offline else ""
             raise TaskDataError(
-                f"{spec.name}: could not load {hub.name!r} config {hub.config!r} from the hub{offline}: "
+                f"{spec.name}: could not load {hub.name!r} config {hub.config!r} from the hub{mode}: "
                 f"{type(err).__name__}. Without network, {instead}"
             ) from None
         names = list(loaded.column_names)

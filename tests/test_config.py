@@ -155,10 +155,9 @@ LEAF_CHANGES = [
     "train.beta2=0.999",
     "train.steps=13",
     "eval.mask_seed=7",
+    "eval.heldout_sequences=8",
+    "eval.batch_size=16",
     "data.corpus.documents=121",
-    "eval.finetune.lr_grid=[1e-3,3e-4]",
-    "eval.finetune.pooling=first",
-    "eval.task_overrides={sst2: {pooling: mean}}",
     "train.pretrain=false",
 ]
 
@@ -168,6 +167,46 @@ def test_any_changed_field_changes_the_run_id(assignment, write_suite):
     path = write_suite(tiny_suite(arms={"only": {}}))
     base_id = load_suite(path).runs[0].run_id
     assert load_suite(path, overrides=[assignment]).runs[0].run_id != base_id
+
+
+EVAL_ONLY_CHANGES = [
+    "eval.tasks=[synthetic-topic]",
+    "eval.finetune.lr=3e-4",
+    "eval.finetune.seeds=[0,1,2]",
+    "eval.finetune.lr_grid=[1e-3,3e-4]",
+    "eval.finetune.pooling=first",
+    "eval.task_overrides={sst2: {pooling: mean}}",
+    "eval.glue_dir=/some/where/glue",
+    "eval.dev_splits={mnli: dev_mismatched}",
+]
+
+
+@pytest.mark.parametrize("assignment", EVAL_ONLY_CHANGES)
+def test_downstream_settings_leave_the_run_id_unchanged(assignment, write_suite):
+    """The run id names the pretrained model: what it is fine-tuned on, and how, is filed per task
+    under the run (harness/downstream.py), so adding or changing a task does not pretrain again."""
+    path = write_suite(tiny_suite(arms={"only": {}}))
+    base_id = load_suite(path).runs[0].run_id
+    assert load_suite(path, overrides=[assignment]).runs[0].run_id == base_id
+
+
+def test_configs_differing_in_downstream_settings_alone_share_a_run_id_but_not_in_held_out_ones():
+    plain = {"train": {"batch_size": 8, "steps": 1}}
+    downstream = {
+        **plain,
+        "eval": {"tasks": ["sst2", "synthetic-topic"], "glue_dir": None, "finetune": {"epochs": 5, "lr": 3e-4,
+                 "seeds": [0, 1], "pooling": "mean"}, "task_overrides": {"sst2": {"lr_grid": [1e-3]}}},
+    }  # fmt: skip
+    assert validate_run_config(downstream, "x").run_id() == validate_run_config(plain, "x").run_id()
+    for held_out in ({"heldout_sequences": 100}, {"mask_seed": 1}):
+        other = {**plain, "eval": held_out}
+        assert validate_run_config(other, "x").run_id() != validate_run_config(plain, "x").run_id()
+
+
+def test_arms_differing_in_eval_alone_are_refused(write_suite, tmp_path, capsys):
+    suite = tiny_suite(arms={"a": {}, "b": {"eval": {"finetune": {"lr": 3e-4}}}})
+    assert main(["run", str(write_suite(suite)), "--out", str(tmp_path / "r")]) == 2
+    assert "arms.b: pretrains the same model as arm a" in capsys.readouterr().err
 
 
 def test_seed_changes_the_run_id(write_suite):
@@ -196,18 +235,21 @@ def test_config_error_carries_fields():
 
 
 def test_fields_added_later_leave_earlier_run_ids_unchanged():
-    """The quickstart's committed report names these run ids: a new optional field must not move them."""
+    """The quickstart's committed report names these run ids: a new optional field must not move them.
+    (Pinned again when run ids stopped hashing downstream settings: the ids before were 3015ff7fe1ff and
+    6abda371f3bd; `harness migrate` renames records made under that rule.)"""
     from pathlib import Path
 
     from harness.suite import load_suite
 
     suite = load_suite(Path(__file__).resolve().parents[1] / "ablations" / "quickstart.yaml")
     ids = {(run.arm, run.seed): run.run_id for run in suite.runs}
-    assert ids[("static", 0)] == "3015ff7fe1ff" and ids[("segment-pair", 2)] == "6abda371f3bd"
+    assert ids[("static", 0)] == "6b2b92da942a" and ids[("segment-pair", 2)] == "256df2995fee"
 
 
 def test_model_positions_leaves_earlier_run_ids_unchanged():
-    """Ids computed from these dicts before `model.positions` existed: unset, it means learned, as before."""
+    """Ids computed from these dicts before `model.positions` existed: unset, it means learned, as before.
+    (Pinned again when run ids stopped hashing downstream settings: they were ebd3f48cab72 and 2d0e096e591b.)"""
     raw = {
         "model": {"preset": "tiny", "norm": "pre"},
         "data": {"corpus": {"source": "synthetic", "documents": 200}},
@@ -215,26 +257,22 @@ def test_model_positions_leaves_earlier_run_ids_unchanged():
     }
     config = validate_run_config(raw, "x")
     assert config.model.positions is None and not config.model.rope
-    assert config.run_id() == "ebd3f48cab72"
-    assert validate_run_config({"train": {"batch_size": 8, "steps": 1}}, "x").run_id() == "2d0e096e591b"
+    assert config.run_id() == "908566f7e3a1"
+    assert validate_run_config({"train": {"batch_size": 8, "steps": 1}}, "x").run_id() == "10ce2bbf4ff3"
     rope = validate_run_config({**raw, "model": {**raw["model"], "positions": "rope"}}, "x")
-    assert rope.model.rope and rope.run_id() != "ebd3f48cab72"
+    assert rope.model.rope and rope.run_id() != "908566f7e3a1"
 
 
-def test_fine_tuning_fields_leave_earlier_run_ids_unchanged():
-    """Unset, the fields added for the fine-tuning protocol and controls leave ids as they were, also
-    inside each task override (the id below was computed before the fields existed)."""
-    raw = {
-        "train": {"batch_size": 8, "steps": 1},
-        "eval": {"tasks": ["sst2"], "task_overrides": {"sst2": {"lr": 3e-4}}},
-    }
-    config = validate_run_config(raw, "x")
-    assert config.eval.task_overrides["sst2"].lr_grid is None and config.train.pretrain is None
-    assert config.run_id() == "9be7db948eb2"
-    for change in ({"pooling": "mean"}, {"lr_grid": [1e-3]}):
-        changed = copy.deepcopy(raw)
-        changed["eval"]["task_overrides"]["sst2"].update(change)
-        assert validate_run_config(changed, "x").run_id() != "9be7db948eb2"
+def test_run_id_of_a_stored_config_is_the_run_id():
+    """`harness migrate` computes ids from config.json without validating it (its data may be elsewhere):
+    the same id as the validated config's, also for a dump from before fields added later existed."""
+    from harness.config import run_id_of
+
+    config = validate_run_config({"train": {"batch_size": 8, "steps": 1}, "eval": {"tasks": ["sst2"]}}, "x")
+    dump = config.model_dump(mode="json")
+    assert run_id_of(dump) == config.run_id()
+    del dump["model"]["positions"], dump["train"]["pretrain"], dump["eval"]["task_defs"]
+    assert run_id_of(dump) == config.run_id()
 
 
 def scaled_suite() -> dict:

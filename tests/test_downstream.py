@@ -83,19 +83,19 @@ def test_pretrained_tiny_model_beats_the_majority_baseline_on_the_pair_task(pret
     assert 0.45 < baseline < 0.55
     assert result["metrics"]["accuracy"]["median"] > baseline + 0.06, result
     assert summary["metrics"]["synthetic-pair.accuracy"] == result["metrics"]["accuracy"]["median"]
-    # predictions are kept per seed, so the metric can be recomputed from them
-    folder = pretrained_run / "predictions" / "synthetic-pair"
+    # predictions are kept per seed, under the task's key, so the metric can be recomputed from them
+    folder = pretrained_run / "predictions" / "synthetic-pair" / result["key"]
     again = accuracy_score(np.load(folder / "labels.npy"), np.load(folder / "seed-0.npy"))
     assert again == result["metrics"]["accuracy"]["seeds"]["0"]
 
 
 def test_rerunning_eval_does_nothing_new(pretrained_run, capsys):
     folder = pretrained_run / "predictions" / "synthetic-pair"
-    before = {p.name: p.stat().st_mtime_ns for p in folder.glob("seed-*.npy")}
+    before = {str(p): p.stat().st_mtime_ns for p in folder.glob("*/*")}
     assert main(["eval", str(pretrained_run)]) == 0
     printed = capsys.readouterr().out
     assert "fine-tuned" not in printed and "synthetic-pair: median accuracy" in printed
-    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("seed-*.npy")} == before
+    assert {str(p): p.stat().st_mtime_ns for p in folder.glob("*/*")} == before
 
 
 def test_a_diverging_seed_is_recorded_and_left_out_of_the_median(pretrained_run, tmp_path):
@@ -112,7 +112,7 @@ def test_a_diverging_seed_is_recorded_and_left_out_of_the_median(pretrained_run,
     entry = result["synthetic-pair"]
     assert set(entry["diverged_seeds"]) == {"0", "1"}
     assert entry["metrics"]["accuracy"]["seeds"] == {} and np.isnan(entry["metrics"]["accuracy"]["median"])
-    assert (tmp_path / "synthetic-pair" / "seed-0.diverged").is_file()
+    assert (tmp_path / "synthetic-pair" / entry["key"] / "seed-0.diverged").is_file()
 
 
 def test_checkpoint_and_tokenizer_must_match(pretrained_run, tmp_path, capsys):

@@ -114,12 +114,13 @@ def test_garbage_dev_labels_choose_the_same_lr_and_the_chosen_lr_is_used(encoder
                                             tmp_path / name, log=lambda m: None)["synthetic-topic"]  # fmt: skip
     chosen = results["true"]["lr_selection"]
     assert chosen == results["garbage"]["lr_selection"]
+    key = results["true"]["key"]
     for name, data in (("true", true), ("garbage", garbage)):  # dev was read, after the choice
-        assert np.array_equal(np.load(tmp_path / name / "synthetic-topic" / "labels.npy"), data.dev_labels)
+        assert np.array_equal(np.load(tmp_path / name / "synthetic-topic" / key / "labels.npy"), data.dev_labels)
     for result in results.values():
         assert result["protocol"]["lr"] == chosen["chosen"] and result["protocol"]["lr_grid"] == GRID
         assert result["protocol"]["pooling"] == "mean"
-    assert (tmp_path / "true" / "synthetic-topic" / "lr_selection.json").is_file()
+    assert (tmp_path / "true" / "synthetic-topic" / key / "lr_selection.json").is_file()
 
     # the choice is kept with the predictions: evaluating again fine-tunes nothing
     monkeypatch.setattr(evaluate, "task_data_for", lambda config, task: true)
@@ -137,7 +138,7 @@ def test_without_a_grid_nothing_is_chosen_and_lr_is_used(encoder_and_tokenizer, 
     result = evaluate_downstream(model, run_config(lr=3e-4), tokenizer, specials, torch.device("cpu"), tmp_path,
                                  log=lambda m: None)["synthetic-topic"]  # fmt: skip
     assert "lr_selection" not in result and result["protocol"]["lr"] == 3e-4
-    assert not (tmp_path / "synthetic-topic" / "lr_selection.json").exists()
+    assert not (tmp_path / "synthetic-topic" / result["key"] / "lr_selection.json").exists()
 
 
 def test_task_overrides_take_the_new_fields():

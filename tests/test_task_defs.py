@@ -314,17 +314,19 @@ def _task_file(tmp_path: Path, data: str) -> Path:
 def test_a_task_file_gives_each_run_the_definitions_it_names(tmp_path, write_suite):
     data = _write(tmp_path, "d.tsv", "t\ty\nx\ta\ny\tb\n")
     library = _task_file(tmp_path, data)
-    suite = tiny_suite(tasks_from=[str(library)], arms={"with": {"eval": {"tasks": ["used"]}}, "without": {}})
+    # (arms that differ in eval alone would share one pretrained model: "without" trains another)
+    other = {"train": {"lr": 1e-3}}
+    suite = tiny_suite(tasks_from=[str(library)], arms={"with": {"eval": {"tasks": ["used"]}}, "without": other})
     suite["metrics"] = ["heldout_ppl"]
     runs = {r.arm: r for r in load_suite(write_suite(suite)).runs}
     assert list(runs["with"].config.eval.task_defs) == ["used"]
     assert runs["without"].config.eval.task_defs is None
-    plain = tiny_suite(arms={"without": {}})
-    assert runs["without"].run_id == load_suite(write_suite(plain, "plain.yaml")).runs[0].run_id
-    # the same definition inline gives the same run id
+    plain = tiny_suite(arms={"without": other})
+    assert runs["without"].config == load_suite(write_suite(plain, "plain.yaml")).runs[0].config
+    # the same definition inline gives the same config: the same run id, and the same task key
     inline = tiny_suite(arms={"with": {"eval": {"tasks": ["used"]}}})
     inline["base"]["eval"]["task_defs"] = {"used": load_task_definitions(library)["used"].model_dump(mode="json")}
-    assert load_suite(write_suite(inline, "inline.yaml")).runs[0].run_id == runs["with"].run_id
+    assert load_suite(write_suite(inline, "inline.yaml")).runs[0].config == runs["with"].config
 
 
 def test_task_file_errors_name_the_task_file(tmp_path, write_suite):

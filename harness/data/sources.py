@@ -168,12 +168,19 @@ def _read_hub(corpus: HubCorpus) -> Iterator[str]:
         yield from rows
 
 
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
 @functools.cache
 def hub_reachable(timeout_s: float = 3.0) -> bool:
     """Whether the Hugging Face hub can be reached now: false at once in offline mode, else a TCP
-    connect; a suite uses it to fall back to local data before any download is tried."""
-    if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE"):
+    connect, made once per process; a suite uses it to fall back to local data before any download
+    is tried, a hub task to fail at once rather than after datasets' retries."""
+    if any(os.environ.get(name) for name in OFFLINE_VARIABLES):
         return False
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return True  # the hub is reached through the proxy: a direct connect tells nothing; datasets will try
     import socket
 
     try:

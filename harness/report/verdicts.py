@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from harness.config import lower_is_better
+from harness.downstream import recorded_folder
 from harness.paper import load_paper_tables
 from harness.references import per_token_refusal
 from harness.report.tables import arm_configs, arm_floor, is_missing, paper_columns, values_by_seed
@@ -98,8 +99,7 @@ def _paper_effect(comparison: Comparison, metric: str, baseline_mean: float) -> 
     return f"{word} ({d.label} {d.delta:+.2f})", effect
 
 
-def _predictions(run_dir: Path, task: str, finetune_seeds: list[int]) -> list[np.ndarray] | None:
-    folder = run_dir / "predictions" / task
+def _predictions(folder: Path, finetune_seeds: list[int]) -> list[np.ndarray] | None:
     paths = [folder / f"seed-{s}.npy" for s in finetune_seeds]
     if not all(p.is_file() for p in paths):
         return None
@@ -134,9 +134,9 @@ def _multiboot(results: Results, comparison: Comparison, metric: str) -> tuple[M
     for arm, dirs in by_arm.items():
         sides[arm] = []
         for seed in shared:
-            run_dir = Path(dirs.loc[seed])
-            predictions = _predictions(run_dir, task, seeds_ft)
-            label_file = run_dir / "predictions" / task / "labels.npy"
+            folder = recorded_folder(Path(dirs.loc[seed]), task)  # the predictions behind the summary's scores
+            predictions = _predictions(folder, seeds_ft)
+            label_file = folder / "labels.npy"
             if predictions is None or not label_file.is_file():
                 return None, "dev predictions not kept with the records"
             labels = np.load(label_file) if labels is None else labels
