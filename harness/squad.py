@@ -166,7 +166,9 @@ def load_squad(name: str, files: tuple[str, str] | None, train_cap: int | None, 
 
 
 def _load_hub(spec: SpanTaskSpec) -> tuple[list[Question], list[Question]]:
-    import datasets
+    from harness.data.sources import datasets_module
+
+    datasets = datasets_module()
 
     try:
         splits = [datasets.load_dataset(spec.hub, split=split) for split in ("train", "validation")]

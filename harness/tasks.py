@@ -442,7 +442,9 @@ def _load_hub_task(spec: TaskSpec, dev_split: str | None) -> TaskData:
             f"{hub.name!r} config {hub.config!r}. Without network, {instead} (a copy in the datasets cache is read "
             "with HF_DATASETS_OFFLINE=1)"
         )
-    import datasets
+    from harness.data.sources import datasets_module
+
+    datasets = datasets_module()
 
     tables = []
     for split in (hub.train, dev_split or hub.dev):

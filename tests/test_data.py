@@ -394,3 +394,10 @@ def test_unknown_token_rate_counts_text_tokens_only():
     specials = SpecialTokens(cls=0, sep=2, pad=1, mask=4, unk=3, pair_separator=(2, 2))
     tokens = np.array([0, 7, 3, 8, 9, 2, 1, 1, 4, 3, 2])  # CLS, SEP, pad and mask are structure, not text
     assert unknown_token_rate(tokens, specials) == pytest.approx(2 / 5)  # text: 7 3 8 9 3
+
+
+def test_datasets_progress_bars_stay_out_of_the_harness_output():
+    from harness.data.sources import datasets_module
+
+    datasets = datasets_module()
+    assert not datasets.is_progress_bar_enabled()

@@ -51,6 +51,11 @@ def tiny_encoder(tmp_path_factory):
     return PretrainingModel(config.model, data.vocab_size, data.specials.pad, nsp=False), data.tokenizer, data.specials
 
 
+def folder(result: dict, out, task: str):
+    """Where a task's files are filed: under the key its result names (harness/downstream.py)."""
+    return out / task / result[task]["key"]
+
+
 def test_a_tiny_fine_tuning_predicts_and_scores_every_dev_question(tiny_encoder, tmp_path):
     model, tokenizer, specials = tiny_encoder
     path = synthetic_squad(tmp_path / "s.json")
@@ -60,16 +65,16 @@ def test_a_tiny_fine_tuning_predicts_and_scores_every_dev_question(tiny_encoder,
     entry = result["squad"]
     assert entry["train_examples"] == 32 and entry["dev_examples"] == 8
     assert set(entry["metrics"]) == {"f1", "exact"} and set(entry["metrics"]["f1"]["seeds"]) == {"0", "1"}
-    gold = json.loads((out / "squad" / "gold.json").read_text())
-    predicted = json.loads((out / "squad" / "seed-0.json").read_text())
+    gold = json.loads((folder(result, out, "squad") / "gold.json").read_text())
+    predicted = json.loads((folder(result, out, "squad") / "seed-0.json").read_text())
     assert set(predicted) == set(gold) and all(isinstance(t, str) for t in predicted.values())
     assert squad_metrics(gold, predicted)["f1"] == entry["metrics"]["f1"]["seeds"]["0"]
     assert all(0.0 <= v <= 1.0 for m in entry["metrics"].values() for v in m["seeds"].values())
     assert set(entry["majority_baseline"]) == {"exact", "f1"}
     assert flat_downstream_metrics(result)["squad.f1"] == entry["metrics"]["f1"]["median"]
-    before = (out / "squad" / "seed-0.json").stat().st_mtime_ns
+    before = (folder(result, out, "squad") / "seed-0.json").stat().st_mtime_ns
     evaluate_downstream(model, config, tokenizer, specials, torch.device("cpu"), out, log=lambda m: None)
-    assert (out / "squad" / "seed-0.json").stat().st_mtime_ns == before  # done seeds are not redone
+    assert (folder(result, out, "squad") / "seed-0.json").stat().st_mtime_ns == before  # done seeds are not redone
 
 
 def test_squad2_chooses_its_lr_on_training_articles_and_scores_no_answers(tiny_encoder, tmp_path):
@@ -85,7 +90,7 @@ def test_squad2_chooses_its_lr_on_training_articles_and_scores_no_answers(tiny_e
     selection = entry["lr_selection"]
     assert selection["chosen"] in (1e-4, 1e-3) and entry["protocol"]["lr"] == selection["chosen"]
     assert selection["fit_examples"] + selection["held_back_examples"] == entry["train_examples"] == 48
-    assert (out / "squad2" / "lr_selection.json").is_file()
+    assert (out / "squad2" / entry["key"] / "lr_selection.json").is_file()
 
 
 def test_a_diverging_squad_seed_is_recorded_and_left_out(tiny_encoder, tmp_path):
@@ -95,5 +100,5 @@ def test_a_diverging_squad_seed_is_recorded_and_left_out(tiny_encoder, tmp_path)
     entry = evaluate_downstream(model, config, tokenizer, specials, torch.device("cpu"), out, log=lambda m: None)[
         "squad"
     ]
-    assert set(entry["diverged_seeds"]) == {"0"} and (out / "squad" / "seed-0.diverged").is_file()
+    assert set(entry["diverged_seeds"]) == {"0"} and ((out / "squad" / entry["key"]) / "seed-0.diverged").is_file()
     assert entry["metrics"]["f1"]["seeds"] == {} and np.isnan(entry["metrics"]["f1"]["median"])

@@ -19,6 +19,15 @@ class DataSourceError(Exception):
     """A corpus that cannot be read: names the source and the cause."""
 
 
+def datasets_module():
+    """`datasets`, imported when first needed (slow to import) with its own progress bars off: the
+    harness reports its progress itself, and their bars would interleave with it."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    return datasets
+
+
 def iter_documents(corpus: SyntheticCorpus | FilesCorpus | HubCorpus) -> Iterator[str]:
     """Non-empty documents of the corpus, in order, at most `max_documents` of them."""
     if isinstance(corpus, SyntheticCorpus):
@@ -132,7 +141,7 @@ def _read_file(path: Path, corpus: FilesCorpus) -> Iterator[str]:
         with path.open(encoding="utf-8") as f:
             yield from TEXT_LAYOUTS[corpus.text_layout](line.rstrip("\n") for line in f)
         return
-    import datasets  # imported here: slow to import, and only file/hub corpora need it
+    datasets = datasets_module()  # only file/hub corpora need it
 
     builder = "json" if file_format == "jsonl" else "parquet"
     table = datasets.load_dataset(builder, data_files=str(path), split="train")
@@ -146,7 +155,7 @@ def _read_file(path: Path, corpus: FilesCorpus) -> Iterator[str]:
 
 
 def _read_hub(corpus: HubCorpus) -> Iterator[str]:
-    import datasets
+    datasets = datasets_module()
 
     try:
         table = datasets.load_dataset(corpus.name, corpus.config, split=corpus.split)
