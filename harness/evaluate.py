@@ -35,8 +35,8 @@ from harness.evaluate_span import evaluate_span_task, squad_data_for
 from harness.model import PretrainingModel, SequenceClassifier
 from harness.records import atomic_write_json, read_json
 from harness.squad import SPAN_TASKS, SquadData
-from harness.tasks import TaskData, TaskDataError, TaskSpec, load_task, majority_baseline, score
-from harness.train import adamw, autocast_for, lr_at
+from harness.tasks import TaskData, TaskDataError, TaskSpec, load_task, majority_baseline, score, split_rows
+from harness.train import autocast_for, choose_lr, finetune_steps
 
 EVAL_MASKING = MaskingConfig()  # the yardstick mask: the paper's defaults, independent of the arm
 
@@ -138,32 +138,18 @@ def finetune_task(
         data.train_a, data.train_b, data.train_labels, tokenizer, specials, max_len, token_types
     )
     dev_rows = encode_examples(data.dev_a, data.dev_b, data.dev_labels, tokenizer, specials, max_len, token_types)
-    steps_per_epoch = math.ceil(len(train_rows) / config.batch_size)
-    total_steps = max(1, round(config.epochs * steps_per_epoch))
-    warmup = int(config.warmup_fraction * total_steps)
-    optimizer = adamw(model, config.lr, config.weight_decay, (0.9, 0.98), 1e-6, device)
-    rng = np.random.default_rng(seed)
-    order = np.array([], dtype=np.int64)
-    model.train()
-    for step in range(total_steps):
-        if len(order) < config.batch_size:
-            order = np.concatenate([order, rng.permutation(len(train_rows))])
-        picked, order = order[: config.batch_size], order[config.batch_size :]
+
+    def step_loss(picked: np.ndarray) -> torch.Tensor:
         mb = _collate_task([train_rows[i] for i in picked], specials.pad, spec.is_regression).to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, total_steps, warmup, config.lr, "linear")
         with autocast_for(precision, device):
             outputs = model(mb.input_ids, mb.token_type_ids, mb.attention_mask).float()
         if spec.is_regression:
-            loss = torch.nn.functional.mse_loss(outputs.squeeze(-1), mb.nsp_labels)
-        else:
-            loss = torch.nn.functional.cross_entropy(outputs, mb.nsp_labels)
-        if not torch.isfinite(loss):
-            return FinetuneResult(None, step + 1)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+            return torch.nn.functional.mse_loss(outputs.squeeze(-1), mb.nsp_labels)
+        return torch.nn.functional.cross_entropy(outputs, mb.nsp_labels)
+
+    diverged_at = finetune_steps(model, len(train_rows), step_loss, config, seed, device)
+    if diverged_at is not None:
+        return FinetuneResult(None, diverged_at)
 
     model.eval()
     predictions = []
@@ -185,14 +171,7 @@ def selection_split(data: TaskData, seed: int) -> TaskData:
     n = len(data.train_a)
     if n < 2:
         raise ValueError(f"choosing a learning rate needs at least 2 training examples, the task has {n}")
-    order = np.random.default_rng(seed).permutation(n)
-    held = min(n - 1, max(1, round(SELECTION_HELD_BACK * n)))
-    fit, back = np.sort(order[held:]), np.sort(order[:held])
-    take = lambda xs, idx: None if xs is None else [xs[i] for i in idx]  # noqa: E731
-    return TaskData(
-        take(data.train_a, fit), take(data.train_b, fit), data.train_labels[fit],
-        take(data.train_a, back), take(data.train_b, back), data.train_labels[back],
-    )  # fmt: skip
+    return split_rows(data.train_a, data.train_b, data.train_labels, SELECTION_HELD_BACK, seed)
 
 
 def select_lr(
@@ -222,13 +201,11 @@ def select_lr(
         )  # fmt: skip
         value = None if result.predictions is None else score(spec, split.dev_labels, result.predictions)[metric]
         scores[str(lr)] = value if value is not None and math.isfinite(value) else None
-    scored = [lr for lr in config.lr_grid if scores[str(lr)] is not None]
-    chosen = max(scored, key=lambda lr: scores[str(lr)]) if scored else min(config.lr_grid)  # ties: grid order
     return {
         "grid": list(config.lr_grid),
         "metric": metric,
         "scores": scores,
-        "chosen": chosen,
+        "chosen": choose_lr(config.lr_grid, scores),
         "split": f"80/20 of train, seed {seed}",
         "fit_examples": len(split.train_a),
         "held_back_examples": len(split.dev_a),

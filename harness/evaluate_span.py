@@ -12,7 +12,6 @@ the gold answers beside them (gold.json), so the scores can be recomputed.
 from __future__ import annotations
 
 import copy
-import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from harness.squad import (
     squad_metrics,
     windows,
 )
-from harness.train import adamw, autocast_for, lr_at
+from harness.train import autocast_for, choose_lr, finetune_steps
 
 SELECTION_EVERY = 5  # choosing the lr: every 5th training article held back (~20%)
 
@@ -89,29 +88,16 @@ def finetune_span(
     token_types = pretrained.roberta.config.token_types
     model = SpanExtractor(copy.deepcopy(pretrained.roberta)).to(device)
     train_rows = windows(train, tokenizer, specials, max_len, token_types)
-    steps_per_epoch = math.ceil(len(train_rows) / config.batch_size)
-    total_steps = max(1, round(config.epochs * steps_per_epoch))
-    warmup = int(config.warmup_fraction * total_steps)
-    optimizer = adamw(model, config.lr, config.weight_decay, (0.9, 0.98), 1e-6, device)
-    rng = np.random.default_rng(seed)
-    order = np.array([], dtype=np.int64)
-    model.train()
-    for step in range(total_steps):
-        if len(order) < config.batch_size:
-            order = np.concatenate([order, rng.permutation(len(train_rows))])
-        picked, order = order[: config.batch_size], order[config.batch_size :]
+
+    def step_loss(picked: np.ndarray) -> torch.Tensor:
         mb, targets = _batch([train_rows[i] for i in picked], specials.pad, device)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, total_steps, warmup, config.lr, "linear")
         with autocast_for(precision, device):
             start, end = model(mb.input_ids, mb.token_type_ids, mb.attention_mask)
-        loss = (F.cross_entropy(start, targets[:, 0]) + F.cross_entropy(end, targets[:, 1])) / 2
-        if not torch.isfinite(loss):
-            return SpanResult(None, step + 1)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        return (F.cross_entropy(start, targets[:, 0]) + F.cross_entropy(end, targets[:, 1])) / 2
+
+    diverged_at = finetune_steps(model, len(train_rows), step_loss, config, seed, device)
+    if diverged_at is not None:
+        return SpanResult(None, diverged_at)
     return SpanResult(predict_answers(model, spec, dev, tokenizer, specials, max_len, device, precision), None)
 
 
@@ -163,13 +149,11 @@ def select_span_lr(
             device, precision,
         )  # fmt: skip
         scores[str(lr)] = None if result.predictions is None else squad_metrics(gold, result.predictions)["f1"]
-    scored = [lr for lr in config.lr_grid if scores[str(lr)] is not None]
-    chosen = max(scored, key=lambda lr: scores[str(lr)]) if scored else min(config.lr_grid)  # ties: grid order
     return {
         "grid": list(config.lr_grid),
         "metric": "f1",
         "scores": scores,
-        "chosen": chosen,
+        "chosen": choose_lr(config.lr_grid, scores),
         "split": f"training articles, every {SELECTION_EVERY}th held back",
         "fit_examples": len(fit),
         "held_back_examples": len(back),

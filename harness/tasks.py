@@ -359,7 +359,14 @@ def hold_out(spec: TaskSpec, train, share: float) -> TaskData:
     n = len(a)
     if n < 2:
         raise TaskDataError(f"{spec.name}: dev.from_train needs at least 2 training rows, the file has {n}")
-    order = np.random.default_rng(HOLD_OUT_SEED).permutation(n)
+    return split_rows(a, b, labels, share, HOLD_OUT_SEED)
+
+
+def split_rows(a: list[str], b: list[str] | None, labels: np.ndarray, share: float, seed: int) -> TaskData:
+    """A seeded `share` of the rows (at least one, never all) as `dev`, the rest as `train`, each in
+    their original order."""
+    n = len(a)
+    order = np.random.default_rng(seed).permutation(n)
     held = min(n - 1, max(1, round(share * n)))
     fit, back = np.sort(order[held:]), np.sort(order[:held])
     take = lambda xs, idx: None if xs is None else [xs[i] for i in idx]  # noqa: E731

@@ -29,7 +29,7 @@ from harness.config import lower_is_better
 from harness.downstream import recorded_folder
 from harness.paper import load_paper_tables
 from harness.references import per_token_refusal
-from harness.report.tables import arm_configs, arm_floor, is_missing, paper_columns, values_by_seed
+from harness.report.tables import NO_FLOOR, Floor, arm_configs, arm_floor, is_missing, paper_columns, values_by_seed
 from harness.results import Results
 from harness.stats import (
     ALPHA,
@@ -56,9 +56,8 @@ COLUMNS = [
 ]  # fmt: skip
 
 
-def tokenizer_of(results: Results, arm: str) -> str:
-    """'byte_bpe 8192' (kind and vocabulary; the file when one is given), '' when unknown."""
-    configs = arm_configs(results)
+def tokenizer_of(configs: pd.DataFrame, arm: str) -> str:
+    """'byte_bpe 8192' (kind and vocabulary; the file when one is given) from `arm_configs`, '' when unknown."""
     if arm not in configs.index:
         return ""
     row = configs.loc[arm]
@@ -73,10 +72,14 @@ class Cell:
     metric: str
     diff: Difference | None = None
     refused: str = ""
-    both_at_floor: bool = False
+    floors: tuple[Floor, Floor] = (NO_FLOOR, NO_FLOOR)  # arm's, baseline's
     multiboot: MultiBootstrap | None = None
     multiboot_note: str = ""
     p_holm: float = math.nan
+
+    @property
+    def both_at_floor(self) -> bool:
+        return self.floors[0].at_floor and self.floors[1].at_floor
 
 
 def _paper_effect(comparison: Comparison, metric: str, baseline_mean: float) -> tuple[str, float]:
@@ -153,8 +156,9 @@ def _multiboot(results: Results, comparison: Comparison, metric: str) -> tuple[M
 def compare(results: Results, comparisons: list[Comparison], metrics: list[str]) -> pd.DataFrame:
     """The comparison table: one row per comparison × metric with its verdict (module docstring)."""
     cells: list[Cell] = []
+    configs = arm_configs(results)
     for comparison in comparisons:
-        tokenizers = {arm: tokenizer_of(results, arm) for arm in (comparison.arm, comparison.baseline)}
+        tokenizers = {arm: tokenizer_of(configs, arm) for arm in (comparison.arm, comparison.baseline)}
         for metric in metrics:
             cell = Cell(comparison, metric)
             cells.append(cell)
@@ -163,8 +167,7 @@ def compare(results: Results, comparisons: list[Comparison], metrics: list[str])
             cell.diff = compare_seeds(
                 values_by_seed(results, comparison.arm, metric), values_by_seed(results, comparison.baseline, metric)
             )
-            floors = arm_floor(results, comparison.arm, metric), arm_floor(results, comparison.baseline, metric)
-            cell.both_at_floor = floors[0].at_floor and floors[1].at_floor
+            cell.floors = arm_floor(results, comparison.arm, metric), arm_floor(results, comparison.baseline, metric)
             if not cell.refused and not cell.both_at_floor and cell.diff.testable:
                 cell.multiboot, cell.multiboot_note = _multiboot(results, comparison, metric)
     family = [c for c in cells if not c.refused and not c.both_at_floor and c.diff.testable]
@@ -175,7 +178,7 @@ def compare(results: Results, comparisons: list[Comparison], metrics: list[str])
 
 def _row(results: Results, cell: Cell) -> dict:
     comparison, metric, diff = cell.comparison, cell.metric, cell.diff
-    floor_arm, floor_base = arm_floor(results, comparison.arm, metric), arm_floor(results, comparison.baseline, metric)
+    floor_arm, floor_base = cell.floors
     paper, paper_effect = _paper_effect(comparison, metric, diff.baseline_mean)
     winner = ""
     mde = math.nan
