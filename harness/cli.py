@@ -10,6 +10,7 @@ import os
 import signal
 import statistics
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,15 @@ def check_record_versions(suite: Suite, out_root: Path) -> None:
                     f"written by record schema {existing.get('schema_version')}; this version writes "
                     f"{SCHEMA_VERSION}. Use another --out, or move the old results away.",
                 )
+
+
+def warn_ineffective(suite: Suite, out_root: Path, build_arms: Collection[str] = ()) -> None:
+    """Before training: arms whose comparison would measure nothing (harness/effective.py), on stderr.
+    Static arms to be trained (`build_arms`) get their data built now, which their runs reuse."""
+    from harness.effective import arm_plans, find_ineffective
+
+    for warning in find_ineffective(arm_plans(suite, out_root / "_cache", build_arms)):
+        print(f"warning: {warning.message()}", file=sys.stderr, flush=True)
 
 
 def child_run_argv(args: argparse.Namespace, device_type: str, *extra: str) -> list[str]:
@@ -222,6 +232,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             state = "to run" if left is None else f"to evaluate: {', '.join(left)}" if left else "done"
             rows.append([run.arm, str(run.seed), run.run_id, state])
         print(_format_table(["arm", "seed", "run-id", "state"], rows))
+        warn_ineffective(suite, out_root)
         for arm, arm_runs in suite.by_arm().items():
             print(f"\n[{arm}] resolved config (seed varies):")
             print(json.dumps(arm_runs[0].config.model_dump(mode="json"), indent=2))
@@ -252,6 +263,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--jobs", "jobs", "under torchrun each run already spans several processes: use --jobs 1")
     left = {run.run_id: tasks_left(run, suite.run_dir(out_root, run)) for run in runs}
     to_do = sum(tasks is None or bool(tasks) for tasks in left.values())
+    if ranks.is_main:
+        warn_ineffective(suite, out_root, build_arms={run.arm for run in runs if left[run.run_id] is None})
     cores = usable_cores()
     jobs = min(args.jobs or default_jobs(cores, to_do, device_type), max(1, to_do))
     # torchrun's processes on this machine share its cores too
@@ -720,6 +733,7 @@ def cmd_data(args: argparse.Namespace) -> int:
             print(format_statistics(arm, report[arm]), flush=True)
     if args.json:
         print(json.dumps(report, indent=2))
+    warn_ineffective(suite, Path(args.out))
     return 0
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from harness.config import DataConfig, FilesCorpus
-from harness.data.cache import StageCache
+from harness.data.cache import StageCache, stage_key
 from harness.data.formats import FORMATS, Sequences
 from harness.data.sentences import split_document
 from harness.data.sources import DataSourceError, describe, iter_documents
@@ -113,6 +113,29 @@ def prepare_data(config: DataConfig, cache: StageCache, heldout_sequences: int) 
         stage_keys={name: stage.key for name, stage in stages.items()},
         stage_dirs={name: stage.dir for name, stage in stages.items()},
     )
+
+
+def cached_train_sequences(config: DataConfig, cache_root: Path) -> Sequences | None:
+    """The training sequences when every stage up to them is in the stage cache at `cache_root`
+    already, else None; builds, downloads and writes nothing (a dry run's look at the data). Follows
+    prepare_data's chain of keys."""
+    root = Path(cache_root)
+    try:
+        documents = _cached_stage(root, "documents", documents_inputs(config))
+        sentences = documents and _cached_stage(root, "sentences", sentences_inputs(documents))
+        saved_tokenizer = sentences and _cached_stage(root, "tokenizer", tokenizer_inputs(config, sentences))
+        token_ids = saved_tokenizer and _cached_stage(root, "token_ids", token_ids_inputs(sentences, saved_tokenizer))
+        inputs = token_ids and format_inputs(config, token_ids, "train", config.format, None)
+        train = inputs and _cached_stage(root, "format", inputs)
+        return Sequences.load(train.dir) if train else None
+    except (OSError, ValueError, DataSourceError):  # corpus files gone, a damaged stage: not known
+        return None
+
+
+def _cached_stage(cache_root: Path, stage: str, inputs: dict[str, Any]) -> StageOutput | None:
+    key = stage_key(stage, inputs)
+    directory = cache_root / stage / key
+    return StageOutput(key, directory) if (directory / "inputs.json").is_file() else None
 
 
 @dataclass(frozen=True)

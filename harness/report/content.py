@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 import harness
+from harness.effective import Ineffective
 from harness.paper import load_paper_tables
 from harness.report.document import Document
 from harness.report.tables import (
@@ -18,6 +19,7 @@ from harness.report.tables import (
     config_differences,
     fmt_num,
     fmt_p,
+    ineffective_arms,
     is_missing,
     paper_columns,
     paper_side_by_side,
@@ -68,11 +70,29 @@ def matrix_cell(row: pd.Series) -> tuple[str, str]:
     return " · ".join(parts), css
 
 
-def verdict_matrix(doc: Document, table: pd.DataFrame, metrics: list[str]) -> None:
+INEFFECTIVE_MARK = "⚠ identical training"
+
+
+def ineffective_of(comparison: Comparison, warnings: list[Ineffective]) -> list[Ineffective]:
+    """The warnings about this comparison: those naming both of its arms."""
+    return [w for w in warnings if w.names(comparison.arm, comparison.baseline)]
+
+
+def ineffective_block(doc: Document, comparisons: list[Comparison], warnings: list[Ineffective]) -> None:
+    """Right under the verdicts: each comparison whose arms train alike, with why, then arms whose
+    setting does nothing on its own (static masking that repeats no mask)."""
+    pairs = [(c, w) for c in comparisons for w in ineffective_of(c, warnings)]
+    lines = [f"⚠ **{c.name}**: {w.message()}." for c, w in pairs]
+    compared = {w for _, w in pairs}
+    lines += [f"⚠ {w.message()}." for w in warnings if w not in compared]
+    doc.bullets(lines)
+
+
+def verdict_matrix(doc: Document, table: pd.DataFrame, metrics: list[str], marked: set[str] = frozenset()) -> None:
     names = list(dict.fromkeys(table["comparison"]))
     rows, classes = [], []
     for name in names:
-        cells = [name], [""]
+        cells = [f"{name} {INEFFECTIVE_MARK}" if name in marked else name], [""]
         for metric in metrics:
             found = table[(table["comparison"] == name) & (table["metric"] == metric)]
             text, css = matrix_cell(found.iloc[0]) if len(found) else ("–", "")
@@ -155,8 +175,11 @@ def compose(
 ) -> Document:
     doc = Document()
     doc.heading(1, f"Report: {', '.join(s.name for s in results.sources)}")
+    ineffective = ineffective_arms(results)
+    marked = {c.name for c in comparisons if ineffective_of(c, ineffective)}
     if len(table):
-        verdict_matrix(doc, table, headline)
+        verdict_matrix(doc, table, headline, marked)
+    ineffective_block(doc, comparisons, ineffective)
     doc.paragraph(f"**Finding.** {finding(table)}")
     for source in results.sources:
         if source.spec and source.spec.description:
@@ -184,7 +207,8 @@ def compose(
     if paper_lines:
         doc.paragraph("What the paper found for the same settings:")
         doc.bullets(paper_lines)
-    differences = config_differences(results, comparisons)
+    differences = [[name, f"{changed} ({INEFFECTIVE_MARK}: see the top)" if name in marked else changed]
+                   for name, changed in config_differences(results, comparisons)]  # fmt: skip
     if differences:
         doc.paragraph("What each comparison changes (baseline → arm):")
         doc.table(["comparison", "config differences"], differences)

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from harness.config import lower_is_better
+from harness.effective import ArmPlan, Ineffective, find_ineffective
 from harness.paper import PaperDelta, load_paper_tables, paper_deltas
 from harness.results import Results
 from harness.stats import mean_interval
@@ -258,3 +259,43 @@ def fmt_p(value: float) -> str:
     if math.isnan(value):
         return "–"
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def ineffective_arms(results: Results) -> list[Ineffective]:
+    """harness/effective.py's warnings from the records alone: each arm's config, and the passes over
+    the data its finished runs made (the most of any seed; runs.csv's `epochs`) with the training
+    tokens per pass (tokens / epochs). Arms without a finished run are left out: nothing is known of
+    their passes."""
+    runs = results.runs
+    if not len(runs) or "epochs" not in runs:
+        return []
+    configs = arm_configs(results)
+    finished = runs[(runs["state"] == "done") & (pd.to_numeric(runs["epochs"], errors="coerce") > 0)]
+    plans = {}
+    for arm, rows in finished.groupby("arm", sort=False):
+        if arm not in configs.index:
+            continue
+        passes = float(rows["epochs"].max())
+        tokens = pd.to_numeric(rows["tokens"], errors="coerce") / rows["epochs"].astype(float)
+        plans[arm] = ArmPlan(_nested_config(configs.loc[arm]), passes, float(tokens.max()), planned=False)
+    return [warning for warning in find_ineffective(plans) if warning.certain]
+
+
+def _nested_config(row: pd.Series) -> dict[str, Any]:
+    """A run row's flattened `config.*` columns as the nested config they came from, with missing
+    values as None and numpy scalars as plain Python (`False is False` must hold)."""
+    config: dict[str, Any] = {}
+    for column, value in row.items():
+        if not str(column).startswith("config."):
+            continue
+        *parents, leaf = str(column).removeprefix("config.").split(".")
+        holder = config
+        for part in parents:
+            if not isinstance(holder.get(part), dict):  # a section another suite's records leave unset
+                holder[part] = {}
+            holder = holder[part]
+        if isinstance(holder.get(leaf), dict):
+            continue
+        value = value.item() if isinstance(value, np.generic) else value
+        holder[leaf] = None if is_missing(value) else value
+    return config
