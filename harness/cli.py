@@ -571,11 +571,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         searching.work(suite, storage, out_root, device, budget, timeout, worker, log=log)
     if args.worker_index is not None:
         return 0
-    from harness.report import default_report_dir
-    from harness.results import source_from_suite
-
-    report_dir = Path(args.report_out) if args.report_out else default_report_dir([source_from_suite(suite, out_root)])
-    for line in searching.write_search_report(suite, storage, report_dir / "search", args.set or []):
+    report_dir = searching.report_dir(out_root, suite, url, args.report_out)
+    for line in searching.write_search_report(suite, storage, report_dir, args.set or []):
         print(line)
     return 0
 
@@ -815,7 +812,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--compile", action="store_true", help="train through torch.compile (falls back to eager)")
     run.add_argument("--no-report", action="store_true", help="do not write the suite's report at the end")
-    run.add_argument("--report-out", help="report directory (default: reports/<suite> beside the results root)")
+    run.add_argument(
+        "--report-out", help="report directory (default: <out>/reports/<suite>; committed results: reports/<suite>)"
+    )
     run.set_defaults(func=cmd_run)
 
     data = sub.add_parser("data", help="build (or load) each arm's data and print what to check about it")
@@ -848,7 +847,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config field")
     search.add_argument("--out", default=DEFAULT_OUT, help="results root (default: results)")
     search.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
-    search.add_argument("--report-out", help="report directory (default: reports/<suite>; the search goes in search/)")
+    search.add_argument(
+        "--report-out",
+        help="report directory (default: <out>/reports/<suite>); the search goes in its search/ folder, "
+        "search-<storage>/ for a storage other than the default SQLite file",
+    )
     search.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set on spawned workers
     search.set_defaults(func=cmd_search)
 
@@ -891,7 +894,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="tables, statistics, figures and report.md/.html comparing a suite's arms")
     report.add_argument("source", nargs="+", help="suite YAML file(s) or results director(ies); several are compared")
-    report.add_argument("--out", help="report directory (default: reports/<suite> beside the results root)")
+    report.add_argument(
+        "--out", help="report directory (default: <results root>/reports/<suite>; committed results: reports/<suite>)"
+    )
     report.add_argument("--baseline", help="compare every arm with this one (default: the suite's comparisons)")
     report.add_argument("--results", default=DEFAULT_OUT, help="results root for suite files (default: results)")
     report.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="the overrides the suite ran with")

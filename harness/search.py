@@ -11,7 +11,9 @@ retried; failed or diverged trials are marked failed, never crash the search.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
+import re
 import subprocess
 import sys
 import time
@@ -40,9 +42,37 @@ def _optuna():
 
 
 def default_storage(out_root: Path, suite: Suite) -> str:
-    path = (Path(out_root) / f"{suite.name}{SEARCH_SUFFIX}" / "search.db").resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+    """The default study storage (an SQLite file in the results root), its folder created."""
+    (Path(out_root) / f"{suite.name}{SEARCH_SUFFIX}").mkdir(parents=True, exist_ok=True)
+    return default_storage_url(out_root, suite)
+
+
+def default_storage_url(out_root: Path, suite: Suite) -> str:
+    return f"sqlite:///{(Path(out_root) / f'{suite.name}{SEARCH_SUFFIX}' / 'search.db').resolve()}"
+
+
+def report_dir(out_root: Path, suite: Suite, url: str, report_out: str | Path | None = None) -> Path:
+    """Where `harness search` writes its report: `<report_out or <out>/reports/<suite>>/<folder>`. Always
+    under the search's own results root by default, never the repository's committed reports/: a
+    search's trials are never committed results."""
+    base = Path(report_out) if report_out else Path(out_root) / "reports" / suite.name
+    return base / report_folder(url, out_root, suite)
+
+
+def report_folder(url: str, out_root: Path, suite: Suite) -> str:
+    """The search report's folder in the suite's report directory: `search` for the default storage
+    (the SQLite file in the results root), `search-<backend>-<database>-<hash>` for any other, so
+    searches of one suite in different storages (PostgreSQL and SQLite) never overwrite each other's
+    report. The hash is of the URL without its password, which never goes into a path."""
+    if url == default_storage_url(out_root, suite):
+        return "search"
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    shown = parsed.render_as_string(hide_password=True)
+    digest = hashlib.sha256(shown.encode()).hexdigest()[:8]
+    parts = [parsed.get_backend_name(), Path(parsed.database or "").stem, digest]
+    return "-".join(["search", *(re.sub(r"[^A-Za-z0-9_.]+", "_", p) for p in parts if p)])
 
 
 def open_storage(url: str, search: SearchSpec):

@@ -1,6 +1,10 @@
 """The ablation reports committed under reports/ are what the committed code makes of the committed
 run records under results/: each is rebuilt from results/<suite>/ and its tables must match byte
-for byte. (The quickstart's records are not committed: its report is rewritten by the main job.)"""
+for byte. `harness report results/<suite>` rebuilds one in place: committed results are the one case
+whose default report directory is the repository's reports/ (harness/report/__init__.py). (The
+quickstart's and the search example's records are not committed: their reports are written with
+`harness run ablations/quickstart.yaml --report-out reports/quickstart` and `harness search
+ablations/search-quickstart-lr.yaml --report-out reports/search-quickstart-lr`.)"""
 
 from __future__ import annotations
 

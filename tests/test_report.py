@@ -241,7 +241,7 @@ def test_an_empty_directory_is_a_clear_error(tmp_path, capsys):
 def test_cli_report_with_baseline_override(tmp_path, capsys):
     suite_dir = write_suite_dir(tmp_path)
     assert main(["report", str(suite_dir), "--baseline", "C"]) == 0
-    out = tmp_path / "reports" / "fake"  # default: reports/<suite> beside the results root
+    out = suite_dir.parent / "reports" / "fake"  # default: <results root>/reports/<suite>
     assert "report.md" in capsys.readouterr().out
     names = set(pd.read_csv(out / "comparisons.csv")["comparison"])
     assert names == {"A vs C", "B vs C"}

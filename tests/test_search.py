@@ -115,7 +115,7 @@ def test_search_finds_a_better_lr_than_a_bad_start(tmp_path, capsys):
     assert record.is_done() and record.config["trial"] == study.best_trial.number
     assert record.config["config"]["train"]["lr"] == pytest.approx(study.best_params["train.lr"])
     # the tuned suite runs as it is
-    tuned = tmp_path / "reports" / "t" / "search" / "best-suite.yaml"
+    tuned = tmp_path / "results" / "reports" / "t" / "search" / "best-suite.yaml"  # inside the results root
     loaded = load_suite(tuned)
     assert loaded.spec.search is None
     assert loaded.runs[0].config.train.lr == pytest.approx(study.best_params["train.lr"])

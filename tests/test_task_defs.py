@@ -519,7 +519,7 @@ def test_a_declared_task_runs_end_to_end(tmp_path, write_suite, capsys):
     assert (result["train_examples"], result["dev_examples"]) == (200, 100)
     assert set(result["metrics"]) == {"accuracy", "macro_f1"} and "accuracy" in result["majority_baseline"]
     assert 0.0 <= summary["metrics"]["sick.accuracy"] <= 1.0
-    report = (tmp_path / "reports" / "t" / "report.md").read_text()
+    report = (out / "reports" / "t" / "report.md").read_text()
     assert "sick.accuracy" in report and "sick.macro_f1" in report
     # harness eval knows the task from the run's own config
     assert main(["eval", str(run_dir), "--task", "sick"]) == 0

@@ -153,7 +153,7 @@ def test_second_run_trains_nothing(finished_suite, capsys):
 
 def test_run_ends_with_the_suite_report(finished_suite):
     path, out, _ = finished_suite
-    report = out.parent / "reports" / "t"
+    report = out / "reports" / "t"  # inside the results root
     summary = pd.read_csv(report / "summary.csv")
     assert set(summary["arm"]) == {"dynamic", "static"}
     assert set(summary.query("metric == 'heldout_ppl'")["n"]) == {1}

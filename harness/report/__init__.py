@@ -8,6 +8,8 @@ reads the tables of `harness.results`; nothing trains or evaluates.
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from harness.report.tables import comparisons_for, declared_metrics, fmt_num, fm
 from harness.report.verdicts import compare
 from harness.results import Results, SuiteSource
 
-__all__ = ["ReportOutput", "build_report", "default_report_dir", "fmt_num", "fmt_p", "is_missing"]
+__all__ = ["ReportOutput", "build_report", "committed_repo", "default_report_dir", "fmt_num", "fmt_p", "is_missing"]
 
 
 @dataclass
@@ -28,10 +30,47 @@ class ReportOutput:
     problems: list[str]
 
 
+REPORTS = "reports"
+
+
 def default_report_dir(sources: list[SuiteSource]) -> Path:
-    """reports/<suite> beside the results root (results/<suite> -> reports/<suite>)."""
-    root = sources[0].directory.parent
-    return root.parent / "reports" / "-vs-".join(s.name for s in sources)
+    """Where a report goes unless told: inside its results root, `<root>/reports/<suite>/` (several
+    suites: `<a>-vs-<b>`), so two results roots never share a report directory. Suites from different
+    roots go under the first root, their name suffixed with a hash of the suite directories, so another
+    combination of the same names gets a directory of its own.
+
+    The one exception is a repository's committed results: when every suite directory is
+    `<repo>/results/<suite>/` with its manifest (`suite.json`) tracked by git and `<repo>/reports/`
+    beside it, the report goes to `<repo>/reports/<suite>/`, where the committed reports live. Results
+    that are not committed (the quickstart's, a search's, anything under another `--out`) never write
+    there."""
+    roots = [s.directory.parent for s in sources]
+    name = "-vs-".join(s.name for s in sources)
+    committed = {committed_repo(s.directory) for s in sources}
+    if len(committed) == 1 and None not in committed:
+        return roots[0].parent / REPORTS / name
+    if len({r.resolve() for r in roots}) > 1:
+        joined = "\n".join(str(s.directory.resolve()) for s in sources)
+        name += "-" + hashlib.sha256(joined.encode()).hexdigest()[:8]
+    return roots[0] / REPORTS / name
+
+
+def committed_repo(suite_dir: Path) -> Path | None:
+    """The repository whose committed results `suite_dir` is (`<repo>/results/<suite>/`, its suite.json
+    tracked by git, `<repo>/reports/` present), else None. Without git, nothing counts as committed."""
+    suite_dir = Path(suite_dir).resolve()
+    repo = suite_dir.parent.parent
+    if suite_dir.parent.name != "results" or not (repo / REPORTS).is_dir():
+        return None
+    manifest = suite_dir.relative_to(repo) / "suite.json"
+    try:
+        found = subprocess.run(
+            ["git", "ls-files", "--error-unmatch", "--", manifest.as_posix()],
+            cwd=repo, capture_output=True, timeout=30, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return repo if found.returncode == 0 else None
 
 
 def build_report(results: Results, out_dir: Path, baseline: str | None = None) -> ReportOutput:
