@@ -274,6 +274,7 @@ class _Rows:
                 "steps": budget.get("steps"),
                 "epochs": budget.get("epochs"),
                 "wall_s": summary.get("wall_s"),
+                "time": record["time"],  # of the status last written
                 "directory": str(record["dir"]),
                 **config_cols,
             }

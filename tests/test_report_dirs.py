@@ -4,6 +4,7 @@ command of the README writes into a tracked file."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -152,3 +153,17 @@ def test_readme_commands_write_no_tracked_file():
             continue
         assert ignored(records / "x" / "config.json"), f"{command}: writes run records into tracked files"
         assert ignored(report / "report.md"), f"{command}: writes its report ({report}) into tracked files"
+
+
+def test_a_report_is_dated_by_its_records_so_a_rebuild_changes_nothing(tmp_path, capsys):
+    """Rebuilding a committed report from the same records must not touch it: the date it shows is the
+    newest record's, not today's."""
+    suite_dir = write_runs(tmp_path / "results" / "fake")
+    for number, status in enumerate(sorted(suite_dir.glob("*/status.json"))):
+        record = json.loads(status.read_text())
+        status.write_text(json.dumps({**record, "time": f"2020-01-0{number + 1}T12:00:00+0000"}))
+    assert main(["report", str(suite_dir), "--out", str(tmp_path / "one")]) == 0
+    assert main(["report", str(suite_dir), "--out", str(tmp_path / "two")]) == 0
+    capsys.readouterr()
+    first = (tmp_path / "one" / "report.md").read_text()
+    assert "records up to 2020-01-04)" in first and first == (tmp_path / "two" / "report.md").read_text()
