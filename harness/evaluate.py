@@ -46,13 +46,15 @@ EVAL_MASKING = MaskingConfig()  # the yardstick mask: the paper's defaults, inde
 
 
 def fixed_mask_batches(
-    heldout: Sequences, specials: SpecialTokens, vocab_size: int, config: EvalConfig
+    heldout: Sequences, specials: SpecialTokens, vocab_size: int, config: EvalConfig, segments: bool = False
 ) -> list[MicroBatch]:
+    """The held-out sequences under the fixed mask, in evaluation batches. Segment ids are all 0 (one
+    segment, the yardstick) unless `segments`: then as packed (a pair format's B in segment 1)."""
     rows = []
     for index in range(len(heldout)):
         ids, types, _ = heldout[index]
         inputs, labels = mask_sequence(ids, specials, vocab_size, EVAL_MASKING, config.mask_seed, 0, index)
-        rows.append((inputs, np.zeros_like(types), labels, -1))
+        rows.append((inputs, types.astype(np.int64) if segments else np.zeros_like(types), labels, -1))
     return [collate(rows[i : i + config.batch_size], specials.pad) for i in range(0, len(rows), config.batch_size)]
 
 
