@@ -715,13 +715,14 @@ def cmd_data(args: argparse.Namespace) -> int:
     from harness.data.cache import StageCache
     from harness.data.inspect import data_statistics, format_statistics
     from harness.data.pipeline import prepare_data
+    from harness.runner import masking_copies
 
     cache = StageCache(Path(args.out) / "_cache")
     report = {}
     for arm, runs in suite.by_arm().items():
         config = runs[0].config
         try:
-            data = prepare_data(config.data, cache, config.eval.heldout_sequences)
+            data = prepare_data(config.data, cache, config.eval.heldout_sequences, masking_copies(config))
             report[arm] = data_statistics(data, config, epochs=args.epochs)
         except (DataSourceError, ValueError, OSError) as err:  # a corpus or format that cannot be built
             print(f"error: arm {arm}: {type(err).__name__}: {err}", file=sys.stderr)

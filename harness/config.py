@@ -546,7 +546,10 @@ def _drop_unset(holder: Any, parts: list[str]) -> None:
         _drop_unset(child, rest)
 
 
-PRETRAINING_METRICS = ("heldout_loss", "heldout_ppl", "heldout_acc", "heldout_bpb", "train_loss")
+HELDOUT_METRICS = ("heldout_loss", "heldout_ppl", "heldout_acc", "heldout_bpb")  # on the FULL-SENTENCES yardstick
+# the same scored once more on the finished model, on each arm's own format (harness/runner.py)
+OWN_FORMAT_METRICS = tuple(m.replace("heldout_", "heldout_own_", 1) for m in HELDOUT_METRICS)
+PRETRAINING_METRICS = (*HELDOUT_METRICS, *OWN_FORMAT_METRICS, "train_loss")
 # facts about a run's model and text encoding, reported beside its scores (text-encoding ablations)
 RUN_FACTS = ("parameters", "heldout_unk_rate")
 

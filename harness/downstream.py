@@ -40,11 +40,23 @@ def _without_none(value: Any) -> Any:
     return value
 
 
+def pair_segment(config: dict[str, Any]) -> int:
+    """The segment id of a pair's second text when fine-tuning a model pretrained under `config` (a
+    config dump): 1 where pretraining packed two segments (SEGMENT-PAIR, SENTENCE-PAIR: BERT), else 0.
+    A model pretrained on one segment (FULL-SENTENCES, DOC-SENTENCES: RoBERTa) never trained segment
+    1's embedding, so its pairs are told apart by the separator alone, as RoBERTa fine-tunes them."""
+    from harness.config import PAIR_FORMATS
+
+    data = config.get("data") or {}
+    return 1 if data.get("format") in PAIR_FORMATS else 0
+
+
 def task_identity(config: dict[str, Any], task: str) -> dict[str, Any]:
     """What decides `task`'s results for a pretrained model, from a config dump (`RunConfig.model_dump(
     mode="json")`, as config.json holds it): the task's definition (declared in eval.task_defs, else
     built in), the shared fine-tuning protocol with the task's overrides, its seeds aside, the longest
-    input, the dev split chosen and eval.task_files."""
+    input, the dev split chosen, eval.task_files, and how pairs are written where that is not the
+    segment-1 rule of keys made before `pair_segment` (so those keys stay as they were)."""
     from harness.squad import SPAN_TASKS
     from harness.tasks import TASKS
 
@@ -68,8 +80,16 @@ def task_identity(config: dict[str, Any], task: str) -> dict[str, Any]:
             "protocol": protocol,
             "dev_split": (evaluation.get("dev_splits") or {}).get(task),
             "files": (evaluation.get("task_files") or {}).get(task),
+            "pair_segment": 0 if pair_segment(config) == 0 and segments(config) > 1 else None,
         }
     )
+
+
+def segments(config: dict[str, Any]) -> int:
+    """model.token_types of a config dump (its default when unset)."""
+    from harness.config import ModelConfig
+
+    return int((config.get("model") or {}).get("token_types") or ModelConfig.model_fields["token_types"].default)
 
 
 def task_key(identity: dict[str, Any]) -> str:

@@ -6,6 +6,10 @@
 - Downstream tasks (harness/tasks.py): fine-tune a copy of the pretrained encoder with a head on
   the first token or the mean of the real tokens (classification or regression), once per
   fine-tuning seed, and score the dev split with scikit-learn's / SciPy's metrics.
+- Pairs are written the way the encoder was pretrained: B in segment 1 after a pair format
+  (SEGMENT-PAIR, SENTENCE-PAIR: BERT), in segment 0 after a one-segment format (FULL-SENTENCES,
+  DOC-SENTENCES: RoBERTa's `<s> A </s></s> B </s>`), so no arm fine-tunes through an untrained
+  segment embedding.
 - With `finetune.lr_grid`, each task's learning rate is chosen first, on its training examples
   alone (a seeded 80/20 split of them); the dev split is read only to score the final fine-tunings.
 - Span-extraction tasks (SQuAD) have their own data, head and metrics: harness/evaluate_span.py.
@@ -19,7 +23,7 @@ import copy
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +34,7 @@ from harness.data.batches import MicroBatch, collate
 from harness.data.formats import Sequences
 from harness.data.masking import IGNORE, mask_sequence
 from harness.data.tokenizer import SpecialTokens
-from harness.downstream import task_identity, task_key, write_identity
+from harness.downstream import pair_segment, task_identity, task_key, write_identity
 from harness.evaluate_span import evaluate_span_task, squad_data_for
 from harness.model import PretrainingModel, SequenceClassifier
 from harness.records import atomic_write_json, read_json
@@ -42,13 +46,15 @@ EVAL_MASKING = MaskingConfig()  # the yardstick mask: the paper's defaults, inde
 
 
 def fixed_mask_batches(
-    heldout: Sequences, specials: SpecialTokens, vocab_size: int, config: EvalConfig
+    heldout: Sequences, specials: SpecialTokens, vocab_size: int, config: EvalConfig, segments: bool = False
 ) -> list[MicroBatch]:
+    """The held-out sequences under the fixed mask, in evaluation batches. Segment ids are all 0 (one
+    segment, the yardstick) unless `segments`: then as packed (a pair format's B in segment 1)."""
     rows = []
     for index in range(len(heldout)):
         ids, types, _ = heldout[index]
         inputs, labels = mask_sequence(ids, specials, vocab_size, EVAL_MASKING, config.mask_seed, 0, index)
-        rows.append((inputs, np.zeros_like(types), labels, -1))
+        rows.append((inputs, types.astype(np.int64) if segments else np.zeros_like(types), labels, -1))
     return [collate(rows[i : i + config.batch_size], specials.pad) for i in range(0, len(rows), config.batch_size)]
 
 
@@ -81,7 +87,8 @@ def encode_examples(
     max_len: int,
     token_types: int,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
-    """[cls] A [sep] / [cls] A <pair sep> B [sep], the longer side trimmed first to fit max_len."""
+    """[cls] A [sep] / [cls] A <pair sep> B [sep], the longer side trimmed first to fit max_len; B in
+    segment `specials.pair_segment` (0 where the encoder has one segment embedding)."""
     ids_a = [e.ids for e in tokenizer.encode_batch(texts_a, add_special_tokens=False)]
     ids_b = [e.ids for e in tokenizer.encode_batch(texts_b, add_special_tokens=False)] if texts_b else None
     rows = []
@@ -95,7 +102,7 @@ def encode_examples(
             while len(a) + len(b) > room:  # longest first, from the back
                 a, b = (a[:-1], b) if len(a) >= len(b) else (a, b[:-1])
             seq = [specials.cls, *a, *specials.pair_separator, *b, specials.sep]
-            second = 1 if token_types > 1 else 0
+            second = specials.pair_segment if token_types > 1 else 0
             types = [0] * (len(a) + 1 + len(specials.pair_separator)) + [second] * (len(b) + 1)
         seq_array = np.asarray(seq, dtype=np.int64)
         rows.append((seq_array, np.asarray(types, dtype=np.int64), np.full_like(seq_array, IGNORE), labels[i]))
@@ -244,6 +251,7 @@ def evaluate_downstream(
     then used by every seed."""
     results: dict[str, dict] = {}
     dump = config.model_dump(mode="json")
+    specials = replace(specials, pair_segment=pair_segment(dump))
     names = tasks if tasks is not None else config.eval.tasks
     specs = {name: config.eval.task(name) for name in names if name not in SPAN_TASKS}
     for name in names:  # every name known (built in, span or declared by the run) before any work

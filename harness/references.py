@@ -31,7 +31,10 @@ from harness.data.masking import IGNORE, mask_sequence
 from harness.data.tokenizer import SpecialTokens
 
 NOISE_SE = 2.0  # "within noise": within two standard errors
-PER_TOKEN_METRICS = ("heldout_loss", "heldout_ppl", "heldout_acc")  # depend on how text is cut into tokens
+# depend on how text is cut into tokens
+PER_TOKEN_METRICS = (
+    "heldout_loss", "heldout_ppl", "heldout_acc", "heldout_own_loss", "heldout_own_ppl", "heldout_own_acc",
+)  # fmt: skip
 
 
 def token_surface_bytes(tokenizer: Tokenizer, kind: str) -> np.ndarray:

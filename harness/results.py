@@ -231,16 +231,18 @@ def _floor_rows(base: dict[str, Any], summary: dict[str, Any]) -> list[dict[str,
                 continue  # a baseline outside [0, 1] (an error measure): no binomial noise to speak of
             add(f"{task}.{metric}", value, value + 2 * error, "majority class")
     refs = {k: _number(v) for k, v in (summary.get("references") or {}).items()}
-    loss, noise = refs.get("heldout_unigram_loss"), refs.get("heldout_loss_noise")
-    if loss is not None and noise is not None:
-        add("heldout_loss", loss, loss - noise, "unigram")
-        add("heldout_ppl", math.exp(min(loss, 50.0)), math.exp(min(loss - noise, 50.0)), "unigram")
-        acc, masked = refs.get("heldout_unigram_acc"), refs.get("heldout_masked")
+    for held in ("heldout", "heldout_own"):  # the FULL-SENTENCES yardstick, then the run's own format
+        loss, noise = refs.get(f"{held}_unigram_loss"), refs.get(f"{held}_loss_noise")
+        if loss is None or noise is None:
+            continue
+        add(f"{held}_loss", loss, loss - noise, "unigram")
+        add(f"{held}_ppl", math.exp(min(loss, 50.0)), math.exp(min(loss - noise, 50.0)), "unigram")
+        acc, masked = refs.get(f"{held}_unigram_acc"), refs.get(f"{held}_masked")
         if acc is not None and masked:
-            add("heldout_acc", acc, acc + 2 * math.sqrt(acc * (1 - acc) / masked), "unigram")
-        bpb, masked_bytes = refs.get("heldout_unigram_bpb"), refs.get("heldout_masked_bytes")
+            add(f"{held}_acc", acc, acc + 2 * math.sqrt(acc * (1 - acc) / masked), "unigram")
+        bpb, masked_bytes = refs.get(f"{held}_unigram_bpb"), refs.get(f"{held}_masked_bytes")
         if bpb is not None and masked and masked_bytes:
-            add("heldout_bpb", bpb, bpb - noise * masked / math.log(2) / masked_bytes, "unigram")
+            add(f"{held}_bpb", bpb, bpb - noise * masked / math.log(2) / masked_bytes, "unigram")
     return rows
 
 

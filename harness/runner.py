@@ -24,6 +24,7 @@ from harness.checkpoint import Checkpointer
 from harness.config import ConfigError, ModelConfig, RunConfig, deep_merge, has_path, run_id_of, validate_run_config
 from harness.data.batches import PretrainingBatches
 from harness.data.cache import StageCache
+from harness.data.formats import Sequences
 from harness.data.pipeline import PreparedData, prepare_data
 from harness.data.tokenizer import SpecialTokens, special_tokens, unknown_token_rate
 from harness.distributed import NOT_DISTRIBUTED, Distributed
@@ -186,11 +187,24 @@ class RunPruned(Exception):
 
 
 def data_references(config: RunConfig, data: PreparedData) -> dict[str, float]:
-    """The held-out floors and byte counts of a run's data (harness/references.py)."""
-    return heldout_references(
-        data.train, data.heldout, data.tokenizer, config.data.tokenizer.kind, data.specials, data.vocab_size,
-        config.eval,
-    )  # fmt: skip
+    """The held-out floors and byte counts of a run's data (harness/references.py), on the shared
+    FULL-SENTENCES yardstick (heldout_*) and on the run's own format (heldout_own_*: the same numbers
+    when that is FULL-SENTENCES)."""
+
+    def floors(heldout: Sequences) -> dict[str, float]:
+        return heldout_references(
+            data.train, heldout, data.tokenizer, config.data.tokenizer.kind, data.specials, data.vocab_size,
+            config.eval,
+        )  # fmt: skip
+
+    yardstick = floors(data.heldout)
+    own = floors(data.heldout_own) if data.heldout_own is not None else yardstick
+    return {**yardstick, **{own_format_name(key): value for key, value in own.items()}}
+
+
+def own_format_name(metric: str) -> str:
+    """heldout_loss -> heldout_own_loss: the metric scored on the run's own format."""
+    return metric.replace("heldout_", "heldout_own_", 1)
 
 
 def describe_plan(data: PreparedData, batches: PretrainingBatches, steps: int, run: Run) -> str:
@@ -240,7 +254,7 @@ def execute_run(
     record = start_record(run, run_dir, checkpointer, options.distributed)  # None on ranks other than 0
     started = time.perf_counter()
     try:
-        data = prepare_data(config.data, cache, config.eval.heldout_sequences)
+        data = prepare_data(config.data, cache, config.eval.heldout_sequences, masking_copies(config))
         batches = pretraining_batches(config, data)
         steps = planned_steps(config.train, batches.mean_tokens_per_step) if pretrained else 0
         log(describe_plan(data, batches, steps, run) if pretrained else "  no pretraining: evaluated as initialised")
@@ -256,7 +270,9 @@ def execute_run(
         if record is None:
             return None  # not rank 0: training was this process's share
 
-        heldout = evaluate_heldout()  # the finished model's, recorded as the final metrics row
+        # the finished model's, recorded as the final metrics row: on the yardstick and on its own format
+        heldout = evaluate_heldout()
+        heldout.update(own_format_evaluator(model, config, data, references, device, lambda: heldout)())
         record.append_metrics(final_row(result, heldout))
         downstream = evaluate_downstream(model, config, data.tokenizer, data.specials, device, run_dir / "predictions",
                                          log=log)  # fmt: skip
@@ -289,6 +305,11 @@ def start_record(run: Run, run_dir: Path, checkpointer: Checkpointer, ranks: Dis
     return record if ranks.is_main else None
 
 
+def masking_copies(config: RunConfig) -> int:
+    """How many copies of the training split the run's masking serves: static masking's dupe_factor."""
+    return config.masking.dupe_factor if config.masking.kind == "static" else 1
+
+
 def pretrains(config: RunConfig) -> bool:
     """False for a random-init control (train.pretrain false): evaluated as initialised."""
     return config.train.pretrain is not False  # unset: pretrain, as before the field existed
@@ -298,7 +319,7 @@ def pretraining_batches(config: RunConfig, data: PreparedData) -> PretrainingBat
     train_cfg = config.train
     return PretrainingBatches(
         data.train, data.specials, data.vocab_size, config.masking, train_cfg.seed, train_cfg.micro_batch_size,
-        train_cfg.batch_size, train_cfg.tokens_per_step,
+        train_cfg.batch_size, train_cfg.tokens_per_step, data.train_copies,
     )  # fmt: skip
 
 
@@ -324,6 +345,29 @@ def heldout_evaluator(
         return {**scores, "heldout_bpb": bits_per_byte(scores["heldout_loss"], masked, masked_bytes)}
 
     return evaluate_heldout
+
+
+def own_format_evaluator(
+    model: PretrainingModel,
+    config: RunConfig,
+    data: PreparedData,
+    references: dict[str, float],
+    device: torch.device,
+    yardstick: Callable[[], dict[str, float]],
+) -> Callable[[], dict[str, float]]:
+    """Held-out scores on the run's own format (heldout_own_*), segments as packed: what the arm was
+    trained to read. Scored once, on the finished model; for a FULL-SENTENCES run, the yardstick's."""
+    if data.heldout_own is None:
+        return lambda: {own_format_name(key): value for key, value in yardstick().items()}
+    batches = fixed_mask_batches(data.heldout_own, data.specials, data.vocab_size, config.eval, segments=True)
+    masked, masked_bytes = int(references["heldout_own_masked"]), int(references["heldout_own_masked_bytes"])
+
+    def evaluate_own() -> dict[str, float]:
+        scores = heldout_mlm(model, batches, device, config.train.precision)
+        scores["heldout_bpb"] = bits_per_byte(scores["heldout_loss"], masked, masked_bytes)
+        return {own_format_name(key): value for key, value in scores.items()}
+
+    return evaluate_own
 
 
 def metrics_logger(

@@ -230,7 +230,7 @@ def windows(
     contexts = list(dict.fromkeys(q.context for q in questions))
     encoded = dict(zip(contexts, tokenizer.encode_batch(contexts, add_special_tokens=False)))
     asked = tokenizer.encode_batch([q.question for q in questions], add_special_tokens=False)
-    second = 1 if token_types > 1 else 0
+    second = specials.pair_segment if token_types > 1 else 0
     out = []
     for index, (q, question) in enumerate(zip(questions, asked)):
         q_ids = question.ids[:MAX_QUERY_TOKENS]

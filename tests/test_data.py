@@ -323,7 +323,7 @@ def test_each_stage_is_keyed_by_its_inputs_and_its_upstream_key(tmp_path):
     def built(stage: str) -> StageOutput:
         return StageOutput(keys[stage], Path())
 
-    assert list(keys) == ["documents", "sentences", "tokenizer", "token_ids", "format", "heldout"]
+    assert list(keys) == ["documents", "sentences", "tokenizer", "token_ids", "format", "heldout", "heldout_own"]
     assert keys == {
         "documents": stage_key("documents", documents_inputs(config)),
         "sentences": stage_key("sentences", sentences_inputs(built("documents"))),
@@ -331,9 +331,10 @@ def test_each_stage_is_keyed_by_its_inputs_and_its_upstream_key(tmp_path):
         "token_ids": stage_key("token_ids", token_ids_inputs(built("sentences"), built("tokenizer"))),
         "format": stage_key("format", format_inputs(config, built("token_ids"), "train", "segment_pair", None)),
         "heldout": stage_key("format", format_inputs(config, built("token_ids"), "heldout", "full_sentences", 8)),
+        "heldout_own": stage_key("format", format_inputs(config, built("token_ids"), "heldout", "segment_pair", 8)),
     }
     for stage, directory in data.stage_dirs.items():
-        assert directory == tmp_path / ("format" if stage == "heldout" else stage) / keys[stage]
+        assert directory == tmp_path / ("format" if stage.startswith("heldout") else stage) / keys[stage]
 
 
 def test_arms_sharing_corpus_and_tokenizer_share_cached_stages(tmp_path):
@@ -350,7 +351,7 @@ def test_arms_sharing_corpus_and_tokenizer_share_cached_stages(tmp_path):
     second = StageCache(tmp_path)
     b = prepare_data(base.model_copy(update={"format": "segment_pair"}), second, heldout_sequences=8)
     assert second.hits == ["documents", "sentences", "tokenizer", "token_ids", "format"]  # held-out format reused
-    assert second.misses == ["format"]
+    assert second.misses == ["format", "format"]  # the training split, and the held-out one in its own format
     assert a.stage_keys["tokenizer"] == b.stage_keys["tokenizer"]
     assert a.stage_keys["format"] != b.stage_keys["format"]
     assert len(list((tmp_path / "tokenizer").iterdir())) == 1

@@ -79,10 +79,14 @@ class PretrainingBatches:
         micro_batch_size: int,
         batch_size: int | None = None,
         tokens_per_step: int | None = None,
+        copies: tuple[Sequences, ...] = (),
     ):
+        """`copies`: static masking's copies of the training split, each packed with its own seed
+        (copy 0 is `sequences`); epoch e serves copy e mod their count. Empty: `sequences` alone."""
         if (batch_size is None) == (tokens_per_step is None):
             raise ValueError("give exactly one of batch_size or tokens_per_step")
         self.sequences = sequences
+        self.copies = copies or (sequences,)
         self.lengths = sequences.lengths
         self.specials = specials
         self.vocab_size = vocab_size
@@ -99,8 +103,11 @@ class PretrainingBatches:
         self.cursor = 0
         self._order = self._epoch_order(0)
 
+    def _copy(self, epoch: int) -> Sequences:
+        return self.copies[epoch % len(self.copies)]
+
     def _epoch_order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(len(self.sequences))
+        return np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(len(self._copy(epoch)))
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "cursor": self.cursor}
@@ -129,8 +136,11 @@ class PretrainingBatches:
         would, so steps average the target instead of always overshooting it."""
         if tokens == 0:
             return True
-        upcoming = self._order[self.cursor] if self.cursor < len(self._order) else self._epoch_order(self.epoch + 1)[0]
-        return tokens + self.lengths[upcoming] / 2 <= self.tokens_per_step
+        if self.cursor < len(self._order):
+            upcoming = self._copy(self.epoch).lengths[self._order[self.cursor]]
+        else:
+            upcoming = self._copy(self.epoch + 1).lengths[self._epoch_order(self.epoch + 1)[0]]
+        return tokens + upcoming / 2 <= self.tokens_per_step
 
     def next_step(self) -> list[MicroBatch]:
         """The next optimizer step's micro-batches (sequences masked for the epoch they are served in)."""
@@ -141,8 +151,9 @@ class PretrainingBatches:
         ):
             epoch = self.epoch if self.cursor < len(self._order) else self.epoch + 1
             index = self._next_index()
-            ids, types, nsp = self.sequences[index]
-            word_starts = self.sequences.word_starts_of(index) if self.masking.whole_word else None
+            sequences = self._copy(epoch)
+            ids, types, nsp = sequences[index]
+            word_starts = sequences.word_starts_of(index) if self.masking.whole_word else None
             inputs, labels = mask_sequence(
                 ids, self.specials, self.vocab_size, self.masking, self.seed, epoch, index, word_starts
             )

@@ -312,3 +312,11 @@ FORMATS: dict[str, FormatFn] = {
     "segment_pair": segment_pair,
     "sentence_pair": sentence_pair,
 }
+# formats whose packing draws at random from their seed (target lengths, NSP partners, truncation):
+# BERT draws those again for every static-masking copy; the others pack the same way whatever the seed
+SEEDED_FORMATS = ("segment_pair", "sentence_pair")
+
+
+def copy_seed(seed: int, copy: int) -> int:
+    """The format seed of static masking's copy `copy`: copy 0 keeps `seed` itself."""
+    return seed if copy == 0 else int(np.random.SeedSequence([seed, copy]).generate_state(1)[0])

@@ -60,7 +60,7 @@ def data_statistics(
     # steps as the trainer would get them
     batches = PretrainingBatches(
         sequences, specials, data.vocab_size, masking, config.train.seed, config.train.micro_batch_size,
-        config.train.batch_size, config.train.tokens_per_step,
+        config.train.batch_size, config.train.tokens_per_step, data.train_copies,
     )  # fmt: skip
     real = padded = 0
     step_tokens, step_sequences = [], []

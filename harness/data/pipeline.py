@@ -6,7 +6,9 @@ Every stage streams: documents and sentences pass through one at a time (JSON li
 token ids are appended to memory-mapped files, so preparing a corpus needs memory for its token
 ids, not for its text. Masking and batching happen on the fly (batches.py): they are cheap, seeded
 per (seed, epoch, index), and depend on the run seed, so caching them would only copy the
-sequences once per seed.
+sequences once per seed. Static masking's copies are the exception where the format draws at
+random (SEGMENT-PAIR, SENTENCE-PAIR): each copy is packed with its own seed, as BERT's
+create_pretraining_data re-draws segmentation and NSP partners for every duplicate.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from tokenizers import Tokenizer
 
 from harness.config import DataConfig, FilesCorpus
 from harness.data.cache import StageCache, stage_key
-from harness.data.formats import FORMATS, Sequences
+from harness.data.formats import FORMATS, SEEDED_FORMATS, Sequences, copy_seed
 from harness.data.sentences import split_document
 from harness.data.sources import DataSourceError, describe, iter_documents
 from harness.data.tokenizer import (
@@ -48,8 +50,12 @@ class PreparedData:
     tokenizer: Tokenizer
     specials: SpecialTokens
     vocab_size: int
-    train: Sequences
-    heldout: Sequences
+    train: Sequences  # static masking's copy 0
+    heldout: Sequences  # packed FULL-SENTENCES, whatever the run's format: the yardstick every arm shares
+    heldout_own: Sequences | None = None  # packed in the run's own format, where that is another one
+    # static masking's copies of the training split, each packed with its own seed (copy 0 is `train`);
+    # just `train` where the format packs the same whatever the seed, or masking is dynamic
+    train_copies: tuple[Sequences, ...] = ()
     stage_keys: dict[str, str] = field(default_factory=dict)
     stage_dirs: dict[str, Path] = field(default_factory=dict)
 
@@ -86,9 +92,10 @@ def _iter_jsonl(path: Path) -> Iterator[Any]:
             yield json.loads(line)
 
 
-def prepare_data(config: DataConfig, cache: StageCache, heldout_sequences: int) -> PreparedData:
+def prepare_data(config: DataConfig, cache: StageCache, heldout_sequences: int, copies: int = 1) -> PreparedData:
     """The run's data, stage by stage: each stage's output is loaded from the cache under the key of its
-    inputs (its own config and its upstream stage's key), or built and cached."""
+    inputs (its own config and its upstream stage's key), or built and cached. `copies`: how many
+    copies of the training split static masking serves (its dupe_factor; 1 for dynamic masking)."""
     documents = cached(cache, "documents", documents_inputs(config), build_documents, config)
     sentences = cached(cache, "sentences", sentences_inputs(documents), build_sentences, documents, config)
     saved_tokenizer = cached(
@@ -100,16 +107,26 @@ def prepare_data(config: DataConfig, cache: StageCache, heldout_sequences: int) 
         cache, "token_ids", token_ids_inputs(sentences, saved_tokenizer), build_token_ids, tokenizer, sentences
     )
     train = formatted(cache, config, specials, token_ids, "train", config.format, None)
-    # held-out text is always packed FULL-SENTENCES: one yardstick for every arm's perplexity
+    drawn = copies if config.format in SEEDED_FORMATS else 1  # unseeded formats: every copy is the same
+    more = [formatted(cache, config, specials, token_ids, "train", config.format, None, c) for c in range(1, drawn)]
+    # held-out text packed FULL-SENTENCES is one yardstick for every arm; packed in the arm's own
+    # format it is what the arm was trained to read (the two differ for pair and document formats)
     heldout = formatted(cache, config, specials, token_ids, "heldout", "full_sentences", heldout_sequences)
+    own = None
+    if config.format != "full_sentences":
+        own = formatted(cache, config, specials, token_ids, "heldout", config.format, heldout_sequences)
     stages = {"documents": documents, "sentences": sentences, "tokenizer": saved_tokenizer, "token_ids": token_ids,
-              "format": train, "heldout": heldout}  # fmt: skip
+              "format": train, "heldout": heldout, **({"heldout_own": own} if own else {}),
+              **{f"format_copy_{c}": stage for c, stage in enumerate(more, 1)}}  # fmt: skip
+    train_sequences = Sequences.load(train.dir)
     return PreparedData(
         tokenizer=tokenizer,
         specials=specials,
         vocab_size=tokenizer.get_vocab_size(),
-        train=Sequences.load(train.dir),
+        train=train_sequences,
+        train_copies=(train_sequences, *(Sequences.load(stage.dir) for stage in more)),
         heldout=Sequences.load(heldout.dir),
+        heldout_own=Sequences.load(own.dir) if own else None,
         stage_keys={name: stage.key for name, stage in stages.items()},
         stage_dirs={name: stage.dir for name, stage in stages.items()},
     )
@@ -254,12 +271,12 @@ def build_token_ids(tokenizer: Tokenizer, sentences: StageOutput, out: Path) -> 
 
 
 def format_inputs(
-    config: DataConfig, token_ids: StageOutput, split: str, format_name: str, limit: int | None
+    config: DataConfig, token_ids: StageOutput, split: str, format_name: str, limit: int | None, copy: int = 0
 ) -> dict[str, Any]:
     return {
         "token_ids": token_ids.key, "split": split, "format": format_name, "limit": limit,
         "max_seq_len": config.max_seq_len, "seed": config.seed, "short_seq_prob": config.short_seq_prob,
-        "version": STAGE_VERSIONS["format"],
+        "version": STAGE_VERSIONS["format"], **({"copy": copy} if copy else {}),  # copy 0: the key as before copies
     }  # fmt: skip
 
 
@@ -270,11 +287,14 @@ def build_format(
     split: str,
     format_name: str,
     limit: int | None,
+    copy: int,
     out: Path,
 ) -> None:
-    """The split's sequences in `format_name`, the first `limit` of them when given."""
+    """The split's sequences in `format_name`, the first `limit` of them when given; static masking's
+    copy `copy` packed with its own seed."""
     corpus = TokenizedCorpus.load(token_ids.dir / split)
-    sequences = FORMATS[format_name](corpus, specials, config.max_seq_len, config.seed, config.short_seq_prob)
+    seed = copy_seed(config.seed, copy)
+    sequences = FORMATS[format_name](corpus, specials, config.max_seq_len, seed, config.short_seq_prob)
     (sequences.head(limit) if limit is not None else sequences).save(out)
 
 
@@ -286,7 +306,8 @@ def formatted(
     split: str,
     format_name: str,
     limit: int | None,
+    copy: int = 0,
 ) -> StageOutput:
     """The format stage for one split (train and held-out are packed separately, maybe differently)."""
-    inputs = format_inputs(config, token_ids, split, format_name, limit)
-    return cached(cache, "format", inputs, build_format, config, specials, token_ids, split, format_name, limit)
+    inputs = format_inputs(config, token_ids, split, format_name, limit, copy)
+    return cached(cache, "format", inputs, build_format, config, specials, token_ids, split, format_name, limit, copy)

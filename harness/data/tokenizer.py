@@ -26,6 +26,9 @@ class SpecialTokens:
     mask: int
     unk: int
     pair_separator: tuple[int, ...]  # between segments A and B: RoBERTa '</s></s>', BERT '[SEP]'
+    # segment id of a pair's second text when fine-tuning: 1 (BERT) only where pretraining trained
+    # segment 1; a recipe pretrained on one segment writes pairs as RoBERTa does, by separators alone
+    pair_segment: int = 1
 
     @property
     def ids(self) -> tuple[int, ...]:

@@ -39,6 +39,8 @@ def metric_label(metric: str) -> str:
         "pearson": "Pearson correlation",
         "spearman": "Spearman correlation",
     }
+    if metric.startswith("heldout_own_"):  # scored on the arm's own format rather than the yardstick
+        return units[metric.replace("heldout_own_", "heldout_", 1)].replace("held-out", "held-out (own format)", 1)
     unit = units.get(metric) or units.get(name, name)
     return f"{task} {unit}" if task else unit
 
