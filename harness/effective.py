@@ -6,6 +6,9 @@ sequences depends on (seed, epoch) alone. While training stays within its first 
 passes over the data, every epoch served is below dupe_factor, so `epoch mod dupe_factor == epoch`
 and static masking draws exactly dynamic masking's masks: the two arms train bit-identical models.
 Static masking differs only from pass dupe_factor + 1 on, when the first mask comes round again.
+Where the format packs each static copy anew (segment and sentence pairs, harness/data/pipeline.py),
+the copies differ in segmentation from the second pass on: there static masking trains as dynamic
+masking only within one pass, and beyond it, while it repeats no mask, differs in segmentation only.
 
 The check (`find_ineffective`) is a pure function: the arms' resolved configs and their passes over
 the data in, warnings out. `harness run` and `harness data` feed it planned passes (`arm_plans`,
@@ -83,6 +86,20 @@ def static_repeats_nothing(config: dict[str, Any], passes: float | None) -> bool
     return passes <= masking.get("dupe_factor", DEFAULT_DUPE)
 
 
+def passes_as_dynamic(config: dict[str, Any]) -> float:
+    """How many passes static masking serves exactly what dynamic masking serves: dupe_factor, or
+    one where each copy is packed anew (its second copy is cut into other sequences)."""
+    from harness.data.formats import SEEDED_FORMATS
+
+    dupe = (config.get("masking") or {}).get("dupe_factor", DEFAULT_DUPE)
+    return 1 if dupe > 1 and (config.get("data") or {}).get("format") in SEEDED_FORMATS else dupe
+
+
+def static_trains_as_dynamic(config: dict[str, Any], passes: float | None) -> bool:
+    """Static masking whose batches are dynamic masking's, bit for bit, over the planned passes."""
+    return static_repeats_nothing(config, passes) and passes <= passes_as_dynamic(config)
+
+
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     """What decides the trained model, the run seed aside (arms are compared seed for seed)."""
     part = copy.deepcopy(pretraining_part(config))
@@ -95,7 +112,7 @@ def effective_part(config: dict[str, Any], passes: float | None) -> dict[str, An
     dynamic masking, and dynamic masking ignores dupe_factor."""
     part = _comparable(config)
     masking = part.get("masking") or {}
-    if static_repeats_nothing(config, passes):
+    if static_trains_as_dynamic(config, passes):
         masking["kind"] = "dynamic"
     if masking.get("kind") == "dynamic":
         for key in UNREAD_UNDER_DYNAMIC:
@@ -121,7 +138,8 @@ def _passes_text(plan: ArmPlan) -> str:
 
 
 def _remedy(dupe: float, plan: ArmPlan) -> str:
-    longer = f"train for more than {dupe:g} passes"
+    unit = "pass" if dupe == 1 else "passes"
+    longer = f"train for more than {dupe:g} {unit}"
     if plan.tokens_per_pass:
         tokens, about = plan.tokens_per_pass, "" if plan.planned else "~"  # from records: tokens seen / passes
         longer = (
@@ -129,7 +147,7 @@ def _remedy(dupe: float, plan: ArmPlan) -> str:
             "training tokens)"
         )
     fewer = f", or lower dupe_factor below {plan.passes:.2f}" if plan.passes > 1 else ""
-    return f"static masking departs from dynamic only after {dupe:g} passes: {longer} or on a smaller corpus{fewer}"
+    return f"static masking departs from dynamic only after {dupe:g} {unit}: {longer} or on a smaller corpus{fewer}"
 
 
 def _static_reason(statics: list[tuple[str, ArmPlan]]) -> str:
@@ -141,11 +159,13 @@ def _static_reason(statics: list[tuple[str, ArmPlan]]) -> str:
     else:
         setting = "static masking (" + "; ".join(f"{n}: dupe_factor {d:g}" for n, d in dupes.items()) + ")"
     least = min(dupes.values())
-    return (
+    reason = (
         f"{setting} at {_passes_text(plan)} over the training data (≤ {least:g}) never serves a mask twice: pass e "
-        f"(from 0) serves mask e mod dupe_factor = e, the very mask dynamic masking draws for pass e; "
-        f"{_remedy(least, plan)}"
+        f"(from 0) serves mask e mod dupe_factor = e, the very mask dynamic masking draws for pass e"
     )
+    if all(static_trains_as_dynamic(p.config, p.passes) for _, p in statics):
+        return f"{reason}; {_remedy(min(passes_as_dynamic(p.config) for _, p in statics), plan)}"
+    return f"{reason}, on a copy packed anew, so it differs from dynamic masking in segmentation only"
 
 
 def _group_reason(group: list[str], arms: dict[str, ArmPlan]) -> str:
@@ -155,7 +175,7 @@ def _group_reason(group: list[str], arms: dict[str, ArmPlan]) -> str:
             "their resolved configs are identical apart from the arm name (and downstream settings, which "
             "do not change the pretrained model): one run serves both, and the comparison is of a run with itself"
         )
-    statics = [(name, arms[name]) for name in group if static_repeats_nothing(arms[name].config, arms[name].passes)]
+    statics = [(name, arms[name]) for name in group if static_trains_as_dynamic(arms[name].config, arms[name].passes)]
     if statics:
         return _static_reason(statics)
     return "they differ only in masking.dupe_factor, which dynamic masking does not read"
@@ -186,7 +206,9 @@ def find_ineffective(arms: dict[str, ArmPlan]) -> list[Ineffective]:
     named = {arm for warning in found for arm in warning.arms}
     for name, plan in trained.items():
         if name not in named and static_repeats_nothing(plan.config, plan.passes):
-            reason = _static_reason([(name, plan)]) + "; it trains as dynamic masking would"
+            reason = _static_reason([(name, plan)])
+            if static_trains_as_dynamic(plan.config, plan.passes):
+                reason += "; it trains as dynamic masking would"
             found.append(Ineffective((name,), reason))
     found += _unknown(trained, named)
     return found
@@ -209,9 +231,11 @@ def _unknown(trained: dict[str, ArmPlan], named: set[str]) -> list[Ineffective]:
         ]  # fmt: skip
         if twins:
             dupe = (plan.config.get("masking") or {}).get("dupe_factor", DEFAULT_DUPE)
+            within = passes_as_dynamic(plan.config)
+            unit = "pass" if within == 1 else "passes"
             reason = (
-                f"static masking with dupe_factor {dupe} repeats no mask, and so trains as dynamic masking does, "
-                f"unless training makes more than {dupe} passes over the training data; the data is not built yet, "
+                f"static masking with dupe_factor {dupe} trains as dynamic masking does unless training makes "
+                f"more than {within:g} {unit} over the training data; the data is not built yet, "
                 "so the passes are not known (`harness data SUITE` builds it, and `harness run` checks again "
                 "before training)"
             )

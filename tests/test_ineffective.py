@@ -122,6 +122,21 @@ def test_a_static_arm_alone_and_no_op_arms(write_suite):
     assert "identical apart from the arm name" in noop.message()
 
 
+def test_static_copies_packed_anew_train_as_dynamic_within_one_pass_only(write_suite):
+    """Segment pairs: each static copy is packed with its own seed, so from the second pass static
+    masking serves other sequences than dynamic masking, though it still repeats no mask."""
+    pairs = {"data": {"format": "segment_pair", "nsp": True}}
+    arms = configs(
+        write_suite, arms={"dynamic": pairs, "static": {**pairs, "masking": {"kind": "static", "dupe_factor": 2}}}
+    )
+    (within,) = find_ineffective({"dynamic": ArmPlan(arms["dynamic"]), "static": ArmPlan(arms["static"], 0.9, 100)})
+    assert within.arms == ("dynamic", "static") and "only after 1 pass:" in within.message()
+    (beyond,) = find_ineffective({"dynamic": ArmPlan(arms["dynamic"]), "static": ArmPlan(arms["static"], 1.5, 100)})
+    assert beyond.arms == ("static",) and "differs from dynamic masking in segmentation only" in beyond.message()
+    (unknown,) = find_ineffective({"dynamic": ArmPlan(arms["dynamic"]), "static": ArmPlan(arms["static"])})
+    assert "more than 1 pass over" in unknown.message()
+
+
 # ------------------------------------------------------------------------------ the commands
 
 
