@@ -52,6 +52,7 @@ class FastPath:
     bf16: bool = False  # bf16 autocast (default on for CUDA)
     optimizer: str = "foreach"  # fused (CUDA) | foreach | loop
     compile: bool = False  # torch.compile
+    skip_padding: bool = True  # position-wise layers on the real tokens' rows alone (CPU)
 
     @staticmethod
     def best(device: torch.device) -> FastPath:
@@ -60,7 +61,9 @@ class FastPath:
 
     @staticmethod
     def plain() -> FastPath:
-        return FastPath(masked_only_logits=False, sdpa=False, bf16=False, optimizer="loop", compile=False)
+        return FastPath(
+            masked_only_logits=False, sdpa=False, bf16=False, optimizer="loop", compile=False, skip_padding=False
+        )
 
 
 @dataclass
@@ -162,7 +165,7 @@ class OursSide(Side):
         torch.manual_seed(0)
         self.spec, self.fast, self.device, self.rows = spec, fast, device, rows
         self.model = PretrainingModel(spec.model_config(), spec.vocab, SPECIALS.pad, nsp=False).to(device)
-        set_fast_path(self.model, fast.masked_only_logits, fast.sdpa)
+        set_fast_path(self.model, fast.masked_only_logits, fast.sdpa, fast.skip_padding)
         self.model.train()
         self.optimizer = _optimizer(self.model, fast.optimizer, device)
         self.forward_model, self.compile_state = compiled(self.model) if fast.compile else (self.model, "eager")

@@ -9,6 +9,9 @@ Positions are learned absolute embeddings added to the input (BERT/RoBERTa), or 
 
 The MLM head runs only on the masked positions (~15% of tokens): at a small hidden size the
 vocabulary projection is most of a step's FLOPs, so projecting every position wastes most of it.
+On a CPU the position-wise layers (projections, feed-forward, LayerNorms) also skip the padding:
+they run on the real tokens' rows alone, and only attention sees the padded [B, L] layout. Packed
+whole sentences leave about a quarter of a 64-token sequence as padding.
 """
 
 from __future__ import annotations
@@ -67,6 +70,30 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 Rotation = tuple[torch.Tensor, torch.Tensor] | None  # rope's (cos, sin), each [L, head_dim/2]; None: learned
 
 
+class RealRows:
+    """Where the real tokens of a padded batch are: `take` keeps their rows ([B, L, D] -> [N, D]),
+    `put` lays rows back out ([N, D] -> [B, L, D], zeros at the padding)."""
+
+    def __init__(self, attention_mask: torch.Tensor):
+        self.batch, self.length = attention_mask.shape
+        self.index = attention_mask.reshape(-1).nonzero().squeeze(1)  # [N] flat positions b * L + l
+
+    def take(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(self.batch * self.length, -1).index_select(0, self.index)
+
+    def put(self, rows: torch.Tensor) -> torch.Tensor:
+        padded = rows.new_zeros(self.batch * self.length, rows.shape[-1])
+        return padded.index_copy(0, self.index, rows).view(self.batch, self.length, -1)
+
+    @staticmethod
+    def of(attention_mask: torch.Tensor) -> RealRows | None:
+        """None where skipping the padding cannot pay: no padding, or a GPU (finding the rows would
+        wait for the device at every forward)."""
+        if attention_mask.device.type != "cpu" or bool(attention_mask.all()):
+            return None
+        return RealRows(attention_mask)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -77,11 +104,16 @@ class SelfAttention(nn.Module):
         self.dropout_p = config.attention_dropout
         self.use_sdpa = True  # False: the explicit softmax(QK^T/sqrt(d))V, kept to measure SDPA's worth
 
-    def forward(self, x: torch.Tensor, attend: torch.Tensor, rotation: Rotation = None) -> torch.Tensor:
-        batch, length, hidden = x.shape
+    def forward(
+        self, x: torch.Tensor, attend: torch.Tensor, rotation: Rotation = None, rows: RealRows | None = None
+    ) -> torch.Tensor:
+        """x [B, L, H], or the real tokens' rows [N, H] with `rows` (the output alike)."""
+        hidden = x.shape[-1]
         head_dim = hidden // self.heads
+        batch, length = (rows.batch, rows.length) if rows is not None else x.shape[:2]
 
-        def split_heads(t: torch.Tensor) -> torch.Tensor:  # [B, L, H] -> [B, heads, L, head_dim]
+        def split_heads(t: torch.Tensor) -> torch.Tensor:  # [B, L, H] (or [N, H]) -> [B, heads, L, head_dim]
+            t = rows.put(t) if rows is not None else t
             return t.view(batch, length, self.heads, head_dim).transpose(1, 2)
 
         q, k, v = split_heads(self.query(x)), split_heads(self.key(x)), split_heads(self.value(x))
@@ -94,7 +126,8 @@ class SelfAttention(nn.Module):
             scores = (q @ k.transpose(-2, -1)) / head_dim**0.5  # [B, heads, L, L]
             scores = scores.masked_fill(~attend, torch.finfo(scores.dtype).min)
             out = F.dropout(scores.softmax(-1), dropout_p, self.training) @ v
-        return out.transpose(1, 2).reshape(batch, length, hidden)
+        out = out.transpose(1, 2).reshape(batch, length, hidden)
+        return rows.take(out) if rows is not None else out
 
 
 class AttentionOutput(nn.Module):
@@ -136,12 +169,15 @@ class Layer(nn.Module):
         self.intermediate = Intermediate(config)
         self.output = Output(config)
 
-    def forward(self, x: torch.Tensor, attend: torch.Tensor, rotation: Rotation = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attend: torch.Tensor, rotation: Rotation = None, rows: RealRows | None = None
+    ) -> torch.Tensor:
+        """x [B, L, H], or the real tokens' rows [N, H] with `rows`: every step but attention is per position."""
         attn, ffn_in, ffn_out = self.attention.output, self.intermediate, self.output
         if self.pre_norm:
-            x = x + attn.dropout(attn.dense(self.attention.self(attn.LayerNorm(x), attend, rotation)))
+            x = x + attn.dropout(attn.dense(self.attention.self(attn.LayerNorm(x), attend, rotation, rows)))
             return x + ffn_out.dropout(ffn_out.dense(F.gelu(ffn_in.dense(ffn_out.LayerNorm(x)))))
-        x = attn.LayerNorm(x + attn.dropout(attn.dense(self.attention.self(x, attend, rotation))))
+        x = attn.LayerNorm(x + attn.dropout(attn.dense(self.attention.self(x, attend, rotation, rows))))
         return ffn_out.LayerNorm(x + ffn_out.dropout(ffn_out.dense(F.gelu(ffn_in.dense(x)))))
 
 
@@ -162,16 +198,23 @@ class Encoder(nn.Module):
         self.rotary = Rotary(config.hidden // config.heads, config.max_len) if config.rope else None
         # pre-norm stacks need a last LayerNorm; post-norm outputs are already normalised
         self.final_norm = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps) if config.norm == "pre" else None
+        self.skip_padding = True  # False: every layer on the padded batch, kept to measure what skipping is worth
 
     def forward(
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
+        """Hidden states [B, L, H]; zeros at the padding when the layers skipped it."""
         attend = attention_mask[:, None, None, :]  # [B, 1, 1, L]: every query sees the real keys
         x = self.embeddings(input_ids, token_type_ids)
         rotation = self.rotary(input_ids.shape[1]) if self.rotary is not None else None
+        rows = RealRows.of(attention_mask) if self.skip_padding else None
+        if rows is not None:
+            x = rows.take(x)  # [N, H]: the layers below run on the real tokens alone
         for layer in self.encoder.layer:
-            x = layer(x, attend, rotation)
-        return self.final_norm(x) if self.final_norm is not None else x
+            x = layer(x, attend, rotation, rows)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return rows.put(x) if rows is not None else x
 
 
 class LMHead(nn.Module):
@@ -256,7 +299,9 @@ class PretrainingModel(nn.Module):
         return PretrainLosses(mlm_loss, int(targets.numel()), correct, nsp_loss, pairs)
 
 
-def set_fast_path(model: nn.Module, masked_only_logits: bool = True, sdpa: bool = True) -> None:
+def set_fast_path(
+    model: nn.Module, masked_only_logits: bool = True, sdpa: bool = True, skip_padding: bool = True
+) -> None:
     """Switch the model's fast paths on or off (benchmarks and equivalence tests); both give the same
     loss up to float rounding."""
     for module in model.modules():
@@ -264,6 +309,8 @@ def set_fast_path(model: nn.Module, masked_only_logits: bool = True, sdpa: bool 
             module.project_all_positions = not masked_only_logits
         if isinstance(module, SelfAttention):
             module.use_sdpa = sdpa
+        if isinstance(module, Encoder):
+            module.skip_padding = skip_padding
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from harness.bench import BenchSpec, FastPath, OursSide, flops_per_token, run_bench, token_rows
+from harness.data.masking import IGNORE
 from harness.model import PretrainingModel, plain_state_dict
 
 SHAPE = {"layers": 2, "hidden": 64, "heads": 4, "ffn": 128}
@@ -23,8 +24,9 @@ def one_step(fast: FastPath, side: OursSide | None = None) -> tuple[float, dict[
     types = torch.zeros_like(batch["input_ids"])
     attend = torch.ones_like(batch["input_ids"], dtype=torch.bool)
     attend[:, -5:] = False  # some padding, so the attention masks are exercised
+    labels = batch["labels"].masked_fill(~attend, IGNORE)  # as in real batches, padding is never predicted
     with torch.autocast("cpu", dtype=torch.bfloat16) if fast.bf16 else torch.autocast("cpu", enabled=False):
-        out = side.forward_model(batch["input_ids"], types, attend, batch["labels"])
+        out = side.forward_model(batch["input_ids"], types, attend, labels)
     loss = out.mlm_loss_sum / out.masked
     loss.backward()
     side.optimizer.step()
@@ -42,7 +44,8 @@ def plain():
         ({"masked_only_logits": True}, 1e-5),
         ({"sdpa": True}, 1e-5),
         ({"optimizer": "foreach"}, 1e-6),
-        ({"masked_only_logits": True, "sdpa": True, "optimizer": "foreach"}, 1e-5),
+        ({"skip_padding": True}, 1e-5),
+        ({"masked_only_logits": True, "sdpa": True, "optimizer": "foreach", "skip_padding": True}, 1e-5),
         ({"bf16": True}, 2e-2),
     ],
 )
@@ -127,3 +130,32 @@ def test_training_falls_back_to_eager_when_compilation_fails(monkeypatch):
     fallback_losses, events = tiny_training(compile_model=True)
     assert fallback_losses == eager_losses
     assert events == [{"event": "compile_failed", "error": "RuntimeError: no compiler here"}]
+
+
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_skipping_the_padding_changes_no_real_output_nor_gradient(norm, positions):
+    """The layers on the real tokens' rows alone give the padded path's hidden states at every real
+    position and the same gradients; the padding's own states come back as zeros."""
+    from harness.config import ModelConfig
+
+    config = ModelConfig(**SHAPE, max_len=16, dropout=0.0, attention_dropout=0.0, norm=norm, positions=positions)
+    torch.manual_seed(0)
+    model = PretrainingModel(config, 50, 1, nsp=False)
+    ids = torch.randint(5, 50, (3, 16))
+    real = torch.ones(3, 16, dtype=torch.bool)
+    real[0, 9:], real[2, 4:] = False, False  # rows of three lengths, one unpadded
+    results = []
+    for skip in (False, True):
+        model.zero_grad()
+        model.roberta.skip_padding = skip
+        hidden = model.roberta(ids, torch.zeros_like(ids), real)
+        (hidden[real] ** 2).sum().backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        results.append((hidden.detach(), grads))
+    (padded, padded_grads), (skipped, skipped_grads) = results
+    assert (skipped[real] - padded[real]).abs().max() < 1e-5
+    assert bool((skipped[~real] == 0).all())
+    assert padded_grads.keys() == skipped_grads.keys()
+    for name, grad in padded_grads.items():
+        assert (skipped_grads[name] - grad).abs().max() < 1e-4, name
