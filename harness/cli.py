@@ -12,10 +12,11 @@ import statistics
 import sys
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from harness.config import ConfigError
 from harness.data.sources import DataSourceError
+from harness.inputs import check_output_dir, check_output_file, finite_float, int_at_least
 from harness.jobs import LOG_NAME, Tally, set_torch_threads
 from harness.records import RunRecord, find_records
 from harness.suite import Suite, load_suite
@@ -69,6 +70,41 @@ def check_task_data(suite: Suite) -> None:
                 task_data_for(run.config, task)
             except TaskDataError as err:
                 raise ConfigError(str(suite.path), f"eval.tasks ({task})", str(err)) from None
+
+
+def check_corpora(suite: Suite, out_root: Path) -> None:
+    """Read every file corpus the suite's runs use once, before anything is written: a corpus that
+    does not decode or parse, or holds too few documents, stops the command here (exit 2), not as a
+    failed run per arm."""
+    from harness.data.cache import StageCache
+    from harness.data.pipeline import check_corpus
+
+    cache = StageCache(out_root / "_cache")  # read only: a corpus whose documents are cached was read whole
+    checked = set()
+    for run in suite.runs:
+        key = run.config.data.model_dump_json(include={"corpus", "heldout_fraction"})
+        if key in checked:
+            continue
+        checked.add(key)
+        try:
+            check_corpus(run.config.data, cache)
+        except DataSourceError as err:
+            raise ConfigError(str(suite.path), f"data.corpus (arm {run.arm})", str(err)) from None
+
+
+def parse_gpus(text: str) -> list[str]:
+    """`--gpus 0,1` -> ["0", "1"]: distinct ids, at least one."""
+    gpus = [g.strip() for g in text.split(",") if g.strip()]
+    if not gpus or len(set(gpus)) != len(gpus):
+        raise ConfigError("--gpus", text, "expected distinct comma-separated GPU ids such as 0,1")
+    return gpus
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """The results root and the report directory can be made and written, before anything is."""
+    check_output_dir(args.out, "--out")
+    if getattr(args, "report_out", None):
+        check_output_dir(args.report_out, "--report-out")
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -237,14 +273,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"\n[{arm}] resolved config (seed varies):")
             print(json.dumps(arm_runs[0].config.model_dump(mode="json"), indent=2))
         return 0
-    for flag, value in (("--jobs", args.jobs), ("--threads", args.threads)):
-        if value is not None and value < 1:
-            raise ConfigError(flag, flag[2:], f"expected a number >= 1, got {value}")
+    gpus = parse_gpus(args.gpus) if args.gpus is not None else None
+    if gpus and args.jobs is not None:
+        raise ConfigError("--jobs", "jobs", "--gpus already runs one process per GPU; give one or the other")
+    check_outputs(args)
     check_record_versions(suite, out_root)
-    if args.gpus:
-        if args.jobs is not None:
-            raise ConfigError("--jobs", "jobs", "--gpus already runs one process per GPU; give one or the other")
-        return run_on_gpus(args, [g.strip() for g in args.gpus.split(",") if g.strip()])
+    check_corpora(suite, out_root)
+    if gpus:
+        return run_on_gpus(args, gpus)
 
     import torch  # imported late: `--dry-run` and bad-input errors stay fast
 
@@ -453,6 +489,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import build_report, default_report_dir
     from harness.results import load_results, resolve_sources
 
+    if args.out:
+        check_output_dir(args.out, "--out")
     problems: list[str] = []
     sources = resolve_sources(args.source, Path(args.results), args.set or [], problems)
     results = load_results(sources, problems)
@@ -479,6 +517,7 @@ def cmd_curves(args: argparse.Namespace) -> int:
     for directory in args.dirs:
         if not Path(directory).is_dir():
             raise ConfigError(directory, "", "not a results directory")
+    check_output_file(args.out, "--out")
     document = write_curves([Path(d) for d in args.dirs], Path(args.out))
     if not document["runs"]:
         print(f"error: no finished runs under {', '.join(args.dirs)}", file=sys.stderr)
@@ -521,6 +560,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     from harness.index import IndexFileError, write_index
 
+    check_output_file(args.out, "--out")
     try:
         write_index([Path(r) for r in args.reports], Path(args.out))
     except IndexFileError as err:
@@ -538,14 +578,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     from harness import search as searching
 
     out_root = Path(args.out)
-    url = args.storage or searching.default_storage(out_root, suite)
-    storage = searching.open_storage(url, search)
     trials = args.trials or search.trials
     if trials is None and not (args.timeout_s or search.timeout_s):
         raise ConfigError(str(suite.path), "search.trials", "give a number of trials or a timeout")
     timeout = args.timeout_s or search.timeout_s
-    if args.worker_index is None:
+    if args.worker_index is None:  # the parent checks what the workers will read; they skip it
+        check_outputs(args)
+        check_corpora(suite, out_root)
         check_task_data(suite)
+    url = args.storage or searching.default_storage(out_root, suite)
+    storage = searching.open_storage(url, search)
+    if args.worker_index is None:
         searching.create_studies(suite, storage)
         print(f"search {suite.name}: {trials} trial(s) per study, {args.workers} worker(s), storage {url}")
     if args.workers > 1 and args.worker_index is None:
@@ -582,6 +625,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from harness.bench import BENCH_PRESETS, BenchSpec, run_bench, summarize
 
+    if args.json:  # checked now: the file is written after minutes of measuring
+        check_output_file(args.json, "--json")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device", "device", "cuda requested but no CUDA device is available")
     if args.vs == "hf":
@@ -606,12 +651,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_bench_jobs(args: argparse.Namespace) -> int:
     from harness.bench_jobs import CONDITIONS, bench_jobs, summarize_jobs
 
-    if args.jobs < 2 or args.rounds < 1:
-        raise ConfigError("--jobs", "jobs", "expected --jobs >= 2 and --rounds >= 1")
     conditions = tuple(c.strip() for c in args.conditions.split(",") if c.strip())
     if not conditions or any(c not in CONDITIONS for c in conditions):
         raise ConfigError("--conditions", "conditions", f"expected some of {', '.join(CONDITIONS)}")
     load_suite(args.suite, overrides=args.set or [], arms=args.arm)  # bad input fails here, not in a child
+    if args.json:
+        check_output_file(args.json, "--json")
     json_path = Path(args.json) if args.json else None
 
     def log(line: str) -> None:
@@ -624,15 +669,21 @@ def cmd_bench_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def naming(source: str, err: Exception) -> str:
+    """The error's text led by the file or directory it is about, unless it names it first already."""
+    text = str(err)
+    return text if text.startswith(str(source)) else f"{source}: {text}"
+
+
 def _interop(action, source: str, out: str) -> int:
     """export / import-hf: transformers is needed; a model that cannot be converted is bad input."""
-
+    check_output_dir(out, "--out")
     try:
         action(Path(source), Path(out))
     except ImportError:
         raise ConfigError(source, "transformers", "needs transformers: pip install -e '.[bench]'") from None
     except (ValueError, OSError) as err:  # ExportError is a ValueError
-        print(f"error: {source}: {err}", file=sys.stderr)
+        print(f"error: {naming(source, err)}", file=sys.stderr)
         return 2
     return 0
 
@@ -698,7 +749,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             status = 2
             continue
         except (TaskDataError, ValueError, OSError) as err:
-            print(f"error: {run_dir}: {err}", file=sys.stderr)
+            print(f"error: {naming(run_dir, err)}", file=sys.stderr)
             status = 2
             continue
         for name, result in downstream.items():
@@ -717,6 +768,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     from harness.data.pipeline import prepare_data
     from harness.runner import masking_copies
 
+    check_output_dir(args.out, "--out")
+    check_corpora(suite, Path(args.out))
     cache = StageCache(Path(args.out) / "_cache")
     report = {}
     for arm, runs in suite.by_arm().items():
@@ -745,8 +798,8 @@ def _headline(summary: dict[str, Any] | None) -> str:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     root = Path(args.dir)
-    if not root.exists():
-        print(f"error: {root}: no such directory", file=sys.stderr)
+    if not root.is_dir():
+        print(f"error: {root}: {'not a directory' if root.exists() else 'no such directory'}", file=sys.stderr)
         return 2
     rows = []
     for record in find_records(root):
@@ -777,8 +830,16 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a bad flag reported as every bad input is: one line, exit status 2 (argparse's
+    own prints the whole usage first). Subcommands' parsers are made of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description="BERT/RoBERTa pretraining ablations as data.")
+    parser = Parser(prog="harness", description="BERT/RoBERTa pretraining ablations as data.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train and evaluate every arm x seed of a suite (finished runs are skipped)")
@@ -793,23 +854,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gpus", help="comma-separated GPU ids: one process per GPU, each a shard of the runs")
     run.add_argument(
         "--jobs",
-        type=int,
+        type=int_at_least(1),
         help="runs trained at once, each in its own process (default: on a CPU one per usable core, "
         "at most the runs to do; on CUDA 1)",
     )
     run.add_argument(
         "--threads",
-        type=int,
+        type=int_at_least(1),
         help="torch threads per run (default: usable cores // jobs, at most OMP_NUM_THREADS when set)",
     )
     run.add_argument("--only-run", help=argparse.SUPPRESS)  # a `--jobs` child: this run, its lock held by the parent
-    run.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default 200)")
-    run.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept per run (default 2)")
+    run.add_argument(
+        "--checkpoint-every",
+        type=int_at_least(0),
+        default=200,
+        help="steps between checkpoints (default 200; 0: only at the end of training)",
+    )
+    run.add_argument("--keep-checkpoints", type=int_at_least(1), default=2, help="checkpoints kept per run (default 2)")
     run.add_argument(
         "--spike-factor",
-        type=float,
+        type=finite_float(above=1, or_zero=True),
         default=0.0,
-        help="stop a run as diverged when its loss exceeds this x the median of recent steps (default 0: only NaN/inf)",
+        help="stop a run as diverged when its loss exceeds this (> 1) x the median of recent steps "
+        "(default 0: only NaN/inf)",
     )
     run.add_argument("--compile", action="store_true", help="train through torch.compile (falls back to eager)")
     run.add_argument("--no-report", action="store_true", help="do not write the suite's report at the end")
@@ -823,7 +890,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--arm", action="append", help="only this arm (repeatable)")
     data.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config field")
     data.add_argument("--out", default=DEFAULT_OUT, help="results root whose _cache holds the data stages")
-    data.add_argument("--epochs", type=int, help="epochs over which to count distinct masks per sequence")
+    data.add_argument("--epochs", type=int_at_least(1), help="epochs over which to count distinct masks per sequence")
     data.add_argument("--json", action="store_true", help="machine-readable output")
     data.set_defaults(func=cmd_data)
 
@@ -842,9 +909,13 @@ def build_parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", help="Optuna search over the suite's `search` section; trials are runs")
     search.add_argument("suite", help="suite YAML file with a search section")
     search.add_argument("--storage", help="SQLAlchemy URL (default: sqlite file in <out>/<suite>.search/)")
-    search.add_argument("--trials", type=int, help="trials per study, all workers together (default: the suite's)")
-    search.add_argument("--timeout-s", type=float, help="stop starting trials after this many seconds")
-    search.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    search.add_argument(
+        "--trials", type=int_at_least(1), help="trials per study, all workers together (default: the suite's)"
+    )
+    search.add_argument("--timeout-s", type=finite_float(above=0), help="stop starting trials after this many seconds")
+    search.add_argument(
+        "--workers", type=int_at_least(1), default=1, help="worker processes on this machine (default 1)"
+    )
     search.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config field")
     search.add_argument("--out", default=DEFAULT_OUT, help="results root (default: results)")
     search.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
@@ -853,19 +924,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="report directory (default: <out>/reports/<suite>); the search goes in its search/ folder, "
         "search-<storage>/ for a storage other than the default SQLite file",
     )
-    search.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set on spawned workers
+    search.add_argument("--worker-index", type=int_at_least(0), help=argparse.SUPPRESS)  # set on spawned workers
     search.set_defaults(func=cmd_search)
 
     bench = sub.add_parser("bench", help="training-step throughput, vs Hugging Face on the same model (--vs hf)")
     bench.add_argument("--preset", default="tiny", help="tiny (4x256) | small (4x512) | base (12x768)")
-    bench.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
-    bench.add_argument("--vocab", type=int, default=50265, help="vocabulary size (default 50265)")
-    bench.add_argument("--batch", type=int, default=32, help="sequences per step (default 32)")
+    bench.add_argument("--seq", type=int_at_least(8), default=128, help="sequence length (default 128)")
+    bench.add_argument("--vocab", type=int_at_least(64), default=50265, help="vocabulary size (default 50265)")
+    bench.add_argument("--batch", type=int_at_least(1), default=32, help="sequences per step (default 32)")
     bench.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
     bench.add_argument("--vs", choices=["hf"], help="interleave with RobertaForMaskedLM on the same configuration")
-    bench.add_argument("--steps", type=int, default=6, help="timed steps per measurement (default 6)")
-    bench.add_argument("--pairs", type=int, default=3, help="A B measurement pairs (default 3)")
-    bench.add_argument("--warmup", type=int, default=2, help="untimed steps per side first (default 2)")
+    bench.add_argument("--steps", type=int_at_least(1), default=6, help="timed steps per measurement (default 6)")
+    bench.add_argument("--pairs", type=int_at_least(1), default=3, help="A B measurement pairs (default 3)")
+    bench.add_argument("--warmup", type=int_at_least(1), default=2, help="untimed steps per side first (default 2)")
     bench.add_argument("--switches", action="store_true", help="also measure each fast-path switch off vs on")
     bench.add_argument("--json", help="write the full results here (results/bench/...)")
     bench.set_defaults(func=cmd_bench)
@@ -876,8 +947,8 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("suite", nargs="?", default="ablations/quickstart.yaml", help="default: the quickstart")
     jobs.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config field")
     jobs.add_argument("--arm", action="append", help="only this arm (repeatable)")
-    jobs.add_argument("--jobs", type=int, default=2, help="the parallel side (default 2)")
-    jobs.add_argument("--rounds", type=int, default=1, help="pairs per condition (default 1)")
+    jobs.add_argument("--jobs", type=int_at_least(2), default=2, help="the parallel side (default 2)")
+    jobs.add_argument("--rounds", type=int_at_least(1), default=1, help="pairs per condition (default 1)")
     jobs.add_argument("--conditions", default="quiet,busy", help="quiet, busy or both (default quiet,busy)")
     jobs.add_argument("--json", help="write the results here (results/bench/jobs.json)")
     jobs.set_defaults(func=cmd_bench_jobs)
@@ -936,7 +1007,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, or a bad flag, already reported: the status is returned like any other
+        return stop.code if isinstance(stop.code, int) else 2
     try:
         return args.func(args)
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly

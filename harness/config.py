@@ -7,6 +7,7 @@ at load time (the run id) stays true for the whole run.
 
 from __future__ import annotations
 
+import codecs
 import copy
 import glob
 import hashlib
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from harness.inputs import yaml_problem
 from harness.schema import ConfigError, Schema
 from harness.taskdef import TaskDef
 
@@ -115,6 +117,22 @@ class FilesCorpus(Schema):
         "headings start a document); doc_tags = WikiExtractor output (<doc ...> ... </doc>).",
     )
     max_documents: int | None = Field(None, ge=1, description="Read at most this many documents.")
+    encoding: str | None = Field(
+        None,
+        description="Text encoding of text and JSONL files, any Python codec name (unset: utf-8; latin-1 reads any "
+        "byte). Parquet files carry their own. A byte that does not decode is an error naming the file and its "
+        "offset.",
+    )
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                codecs.lookup(value)
+            except LookupError:
+                raise ValueError(f"unknown encoding {value!r} (e.g. utf-8, utf-8-sig, latin-1, cp1252)") from None
+        return value
 
     @field_validator("paths")
     @classmethod
@@ -507,6 +525,7 @@ ADDED_LATER = (
     "model.init_from",
     "data.tokenizer.file",
     "data.corpus.text_layout",
+    "data.corpus.encoding",
     "model.positions",
     "train.pretrain",
 )
@@ -621,7 +640,7 @@ def parse_set(assignment: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError as err:
-        raise ConfigError("--set", key, f"value is not valid YAML: {err}") from None
+        raise ConfigError("--set", key, f"value is not valid YAML ({yaml_problem(err)})") from None
     return parts, value
 
 

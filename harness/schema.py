@@ -13,8 +13,10 @@ class ConfigError(Exception):
         self.source = source
         self.key_path = key_path
         self.message = message
-        super().__init__(f"{source}: {key_path or '<top>'}: {message}")
+        super().__init__(f"{source}: {key_path}: {message}" if key_path else f"{source}: {message}")
 
 
 class Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: a YAML `.inf` or `nan` in any float field is refused at load, not met as a
+    # diverged run (an infinite lr) or a silent no-op hours later
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from harness.config import (
@@ -34,6 +33,7 @@ from harness.config import (
     parse_set,
     validate_run_config,
 )
+from harness.inputs import load_yaml
 from harness.taskdef import TaskDef
 
 CONTROLS = ("random_init",)
@@ -471,12 +471,7 @@ def load_suite(path: str | Path, overrides: list[str] = (), arms: list[str] | No
     source = str(path)
     if not path.is_file():
         raise ConfigError(source, "", "suite file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ConfigError(source, "", f"not valid YAML: {err}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(source, "", f"cannot read the suite: {err}") from None
+    raw = load_yaml(path, "suite")
     if not isinstance(raw, dict):
         raise ConfigError(source, "", "expected a mapping with name, base, arms, seeds")
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import random
 import re
@@ -22,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from pydantic import ValidationError
 
 from harness.data.synthetic import generate_document, generate_topic_task, make_world
+from harness.inputs import load_yaml
 from harness.metrics import METRICS
 from harness.records import jsonl_lines
 from harness.schema import ConfigError
@@ -84,10 +85,7 @@ def load_task_definitions(path: str | Path) -> dict[str, TaskDef]:
     source = str(path)
     if not Path(path).is_file():
         raise ConfigError(source, "", "task file not found")
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(source, "", f"not valid YAML: {err}") from None
+    raw = load_yaml(path, "task")
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(source, "", "expected a mapping of task name -> definition")
     definitions = {}
@@ -290,6 +288,10 @@ def _labels(spec: TaskSpec, table: Table, fields: Fields) -> np.ndarray:
                 raise TaskDataError(
                     f"{where}: {table.place(index)}: score {value!r} ({fields.label}) is not a number"
                 ) from None
+            if not math.isfinite(number):  # "nan" and "inf" parse as floats, and would poison the loss
+                raise TaskDataError(
+                    f"{where}: {table.place(index)}: score {value!r} ({fields.label}) is not a finite number"
+                )
             low, high = bounds.min, bounds.max
             if (low is not None and number < low) or (high is not None and number > high):
                 raise TaskDataError(

@@ -174,9 +174,19 @@ def cached(
 # ----------------------------------------------------------------- documents: train / held-out split
 
 
+# corpus fields added after documents stages were built: part of the key only when set, so the stages
+# built before they existed are found again
+CORPUS_ADDED_LATER = ("encoding",)
+
+
+def corpus_inputs(corpus: Any) -> dict[str, Any]:
+    dump = corpus.model_dump(mode="json")
+    return {k: v for k, v in dump.items() if not (k in CORPUS_ADDED_LATER and v is None)}
+
+
 def documents_inputs(config: DataConfig) -> dict[str, Any]:
     return {
-        "corpus": config.corpus.model_dump(mode="json"),
+        "corpus": corpus_inputs(config.corpus),
         "files": corpus_fingerprint(config.corpus),
         "heldout_fraction": config.heldout_fraction,
         "version": STAGE_VERSIONS["documents"],
@@ -190,6 +200,12 @@ def build_documents(config: DataConfig, out: Path) -> None:
             split = "heldout" if is_heldout(index, config.heldout_fraction) else "train"
             (heldout if split == "heldout" else train).write(json.dumps(document) + "\n")
             counts[split] += 1
+    check_split(counts, config)
+    (out / "stats.json").write_text(json.dumps({"documents": counts}))
+
+
+def check_split(counts: dict[str, int], config: DataConfig) -> None:
+    """Documents enough to hold some out and train on the rest."""
     total = sum(counts.values())
     if total == 0:
         raise DataSourceError(f"corpus {describe(config.corpus)} has no non-empty document")
@@ -198,7 +214,34 @@ def build_documents(config: DataConfig, out: Path) -> None:
             f"corpus {describe(config.corpus)} has {total} document(s): too few to hold out every "
             f"{heldout_period(config.heldout_fraction)}th for evaluation and train on the rest"
         )
-    (out / "stats.json").write_text(json.dumps({"documents": counts}))
+
+
+def no_sentences(split: str, config: DataConfig) -> DataSourceError:
+    return DataSourceError(f"no sentence found in any {split} document of {describe(config.corpus)}")
+
+
+def check_corpus(config: DataConfig, cache: StageCache) -> None:
+    """Read a corpus of files once, writing nothing, as its documents and sentences stages will: a
+    file that does not decode or parse, too few documents to split, or a split without one sentence
+    is a DataSourceError before any run is registered. Skipped when its documents stage is cached
+    (the files were read whole then, and their sizes and times are part of its key), and for other
+    sources: the synthetic corpus is always sound, and reading a hub corpus is downloading it."""
+    if not isinstance(config.corpus, FilesCorpus):
+        return
+    key = stage_key("documents", documents_inputs(config))
+    if (cache.root / "documents" / key / "inputs.json").is_file():
+        return
+    counts = dict.fromkeys(SPLITS, 0)
+    with_sentences: set[str] = set()
+    for index, document in enumerate(iter_documents(config.corpus)):
+        split = "heldout" if is_heldout(index, config.heldout_fraction) else "train"
+        counts[split] += 1
+        if split not in with_sentences and split_document(document):  # splitting only until one is found
+            with_sentences.add(split)
+    check_split(counts, config)
+    for split in SPLITS:
+        if split not in with_sentences:
+            raise no_sentences(split, config)
 
 
 # ------------------------------------------------------------------ sentences: each document split
@@ -226,7 +269,7 @@ def build_sentences(documents: StageOutput, config: DataConfig, out: Path) -> No
                 kept += 1
                 sentences += len(split_doc)
         if kept == 0:
-            raise DataSourceError(f"no sentence found in any {split} document of {describe(config.corpus)}")
+            raise no_sentences(split, config)
         stats[split] = {"documents": kept, "documents_without_sentences": dropped, "sentences": sentences}
     (out / "stats.json").write_text(json.dumps(stats))
 

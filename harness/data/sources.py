@@ -6,6 +6,8 @@ Every reader yields documents one at a time, so a corpus far larger than memory 
 from __future__ import annotations
 
 import functools
+import itertools
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from harness.config import FilesCorpus, HubCorpus, SyntheticCorpus
 from harness.data.synthetic import generate_corpus
+from harness.inputs import decoding_problem, first_bad_byte
 
 
 class DataSourceError(Exception):
@@ -138,20 +141,88 @@ TEXT_LAYOUTS = {
 def _read_file(path: Path, corpus: FilesCorpus) -> Iterator[str]:
     file_format = corpus.format or _suffix_format(path)
     if file_format == "text":
-        with path.open(encoding="utf-8") as f:
-            yield from TEXT_LAYOUTS[corpus.text_layout](line.rstrip("\n") for line in f)
-        return
-    datasets = datasets_module()  # only file/hub corpora need it
+        yield from TEXT_LAYOUTS[corpus.text_layout](_text_lines(path, corpus.encoding or "utf-8"))
+    elif file_format == "jsonl":
+        yield from _json_documents(path, corpus)
+    else:
+        yield from _parquet_documents(path, corpus)
 
-    builder = "json" if file_format == "jsonl" else "parquet"
-    table = datasets.load_dataset(builder, data_files=str(path), split="train")
-    if corpus.text_field not in table.column_names:
+
+def _text_lines(path: Path, encoding: str, newline: str | None = None) -> Iterator[str]:
+    """The file's lines without their line break, streamed; a byte that does not decode is an error
+    naming the file and its offset."""
+    try:
+        with path.open(encoding=encoding, newline=newline) as f:
+            for line in f:
+                yield line.rstrip("\n")
+    except UnicodeError:
+        bad = first_bad_byte(path, encoding)
+        if bad is None:  # decodes in full when read again: the file changed while it was read
+            raise
         raise DataSourceError(
-            f"{path}: no field {corpus.text_field!r} (have: {', '.join(table.column_names)}); "
+            f"{decoding_problem(path, encoding, bad)}: set data.corpus.encoding to the file's, e.g. latin-1"
+        ) from None
+
+
+def _json_documents(path: Path, corpus: FilesCorpus) -> Iterator[str]:
+    """The text field of every row of a JSONL file (a file whose first character is `[` holds one
+    JSON list of rows instead). A row without the field is an empty document; a file where no row
+    has it is an error, as is a line that is not a JSON object, named by its line number."""
+    field = corpus.text_field
+    found, first_keys = False, None
+    for place, row in _json_rows(path, corpus.encoding or "utf-8"):
+        if not isinstance(row, dict):
+            raise DataSourceError(f"{path}: {place} is a JSON {type(row).__name__}, not an object")
+        first_keys = list(row) if first_keys is None else first_keys
+        found = found or field in row
+        yield str(row.get(field) or "")
+    if first_keys is not None and not found:
+        raise DataSourceError(
+            f"{path}: no field {field!r} in any row (line 1 has: {', '.join(first_keys) or 'no field'}); "
             "set data.corpus.text_field"
         )
-    for row in table.select_columns([corpus.text_field]):  # Arrow-backed: rows stream from disk
-        yield str(row[corpus.text_field] or "")
+
+
+def _json_rows(path: Path, encoding: str) -> Iterator[tuple[str, object]]:
+    """(where, value) of every row: "line N" of JSON lines, "item [i]" of a JSON list."""
+    lines = _text_lines(path, encoding, newline="\n")  # split at "\n" alone: JSON strings may hold U+2028
+    numbered = ((number, line.removesuffix("\r")) for number, line in enumerate(lines, 1))
+    first = next(((n, line) for n, line in numbered if line.strip()), None)
+    if first is None:
+        return
+    if first[1].lstrip().startswith("["):
+        rest = "\n".join(line for _, line in numbered)
+        yield from ((f"item [{i}]", row) for i, row in enumerate(_parse_json(path, f"{first[1]}\n{rest}", first[0])))
+        return
+    for number, line in itertools.chain([first], numbered):
+        if line.strip():
+            yield f"line {number}", _parse_json(path, line, number)
+
+
+def _parse_json(path: Path, text: str, first_line: int) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        line = first_line + err.lineno - 1
+        raise DataSourceError(f"{path}: line {line} is not valid JSON ({err.msg}, column {err.colno})") from None
+
+
+def _parquet_documents(path: Path, corpus: FilesCorpus) -> Iterator[str]:
+    """The text column of a Parquet file, streamed in record batches."""
+    import pyarrow
+    import pyarrow.parquet
+
+    try:
+        table = pyarrow.parquet.ParquetFile(path)
+        names = table.schema_arrow.names
+        if corpus.text_field not in names:
+            raise DataSourceError(
+                f"{path}: no field {corpus.text_field!r} (have: {', '.join(names)}); set data.corpus.text_field"
+            )
+        for batch in table.iter_batches(columns=[corpus.text_field]):
+            yield from (str(value or "") for value in batch.column(0).to_pylist())
+    except (pyarrow.ArrowException, OSError) as err:
+        raise DataSourceError(f"{path}: not a readable Parquet file ({err})") from None
 
 
 def _read_hub(corpus: HubCorpus) -> Iterator[str]:
