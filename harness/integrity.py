@@ -109,10 +109,9 @@ def _safetensors_problem(path: Path) -> str | None:
             if length > size - 8:
                 return f"{size} bytes, its header alone says {8 + length}"
             header = json.loads(f.read(length))
-        ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+        expected = 8 + length + max((e["data_offsets"][1] for n, e in header.items() if n != "__metadata__"), default=0)
     except (struct.error, ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
         return f"not a readable safetensors file ({type(err).__name__})"
-    expected = 8 + length + max(ends, default=0)
     return None if size == expected else f"{size} bytes, its header says {expected}"
 
 
@@ -264,6 +263,8 @@ def summary_shape_problem(summary: dict[str, Any]) -> str | None:
         for field in ("metrics", "diverged_seeds", "majority_baseline"):
             if field in entry and not isinstance(entry[field], dict):
                 return f"summary.json: `downstream.{task}.{field}` is {kind_of(entry[field])}, expected an object"
+        if "key" in entry and not isinstance(entry["key"], str):  # names the folder of its predictions
+            return f"summary.json: `downstream.{task}.key` is {kind_of(entry['key'])}, expected a string"
         for metric, detail in entry.get("metrics", {}).items():
             if not isinstance(detail, dict) or not isinstance(detail.get("seeds", {}), dict):
                 return f"summary.json: `downstream.{task}.metrics.{metric}` is not an object with `seeds`"
@@ -272,8 +273,10 @@ def summary_shape_problem(summary: dict[str, Any]) -> str | None:
 
 def header_problem(header: dict[str, Any]) -> str | None:
     """config.json must say what run it is: suite and arm names, an integer seed, a config object."""
-    if not isinstance(header.get("config"), dict):
-        return f"config.json: `config` is {kind_of(header.get('config'))}, expected an object"
+    if "config" not in header:
+        return "config.json: no `config` (the run's resolved config)"
+    if not isinstance(header["config"], dict):
+        return f"config.json: `config` is {kind_of(header['config'])}, expected an object"
     if "seed" in header and (isinstance(header["seed"], bool) or not isinstance(header["seed"], int)):
         return f"config.json: `seed` is {kind_of(header['seed'])}, expected an integer"
     for field in ("suite", "arm", "run_id"):
@@ -283,6 +286,7 @@ def header_problem(header: dict[str, Any]) -> str | None:
 
 
 def status_problem(status: dict[str, Any]) -> str | None:
+    """A status must name its state (any name: states may be added; a reader shows what it does not know)."""
     if not isinstance(status.get("state"), str):
         return f"status.json: `state` is {kind_of(status.get('state'))}, expected a string"
     return None
@@ -319,7 +323,7 @@ def prediction_problems(run_dir: Path, summary: dict[str, Any]) -> dict[str, str
     return problems
 
 
-def record_problem(run_dir: Path, name: str, shape=None) -> str | None:
+def record_problem(run_dir: Path, name: str, shape: Callable[[dict[str, Any]], str | None] | None = None) -> str | None:
     """One JSON record of a run, named with what is wrong with it (a missing file is not a problem)."""
     document, problem = read_record(Path(run_dir) / name)
     if problem:
