@@ -123,6 +123,11 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
+def _as_written(value: Any) -> int | float | None:
+    """A number as the record holds it (an int stays an int); None for anything else."""
+    return value if _number(value) is not None else None
+
+
 def source_from_suite(suite: Suite, results_root: Path) -> SuiteSource:
     """A loaded suite: its runs are expected under results_root/<name>, by run id."""
     return SuiteSource(
@@ -272,10 +277,11 @@ class _Rows:
                 **base,
                 "state": record["state"],
                 "error": record["error"],
-                "tokens": budget.get("tokens"),
-                "steps": budget.get("steps"),
-                "epochs": budget.get("epochs"),
-                "wall_s": summary.get("wall_s"),
+                # numbers only (anything else is left blank): a summary is read, not trusted
+                "tokens": _as_written(budget.get("tokens")),
+                "steps": _as_written(budget.get("steps")),
+                "epochs": _as_written(budget.get("epochs")),
+                "wall_s": _as_written(summary.get("wall_s")),
                 "directory": str(record["dir"]),
                 **config_cols,
             }
@@ -393,13 +399,19 @@ def _finetune_rows(base: dict[str, Any], downstream: dict[str, Any]) -> list[dic
         for metric, detail in result.get("metrics", {}).items():
             for finetune_seed, value in detail.get("seeds", {}).items():
                 number = _number(value)
-                if number is not None:
+                if number is not None and _is_seed(finetune_seed):
                     rows.append({**base, "task": task, "metric": metric, "finetune_seed": int(finetune_seed),
                                  "value": number, "diverged": ""})  # fmt: skip
         for finetune_seed, reason in result.get("diverged_seeds", {}).items():
-            rows.append({**base, "task": task, "metric": "", "finetune_seed": int(finetune_seed),
-                         "value": math.nan, "diverged": str(reason)})  # fmt: skip
+            if _is_seed(finetune_seed):
+                rows.append({**base, "task": task, "metric": "", "finetune_seed": int(finetune_seed),
+                             "value": math.nan, "diverged": str(reason)})  # fmt: skip
     return rows
+
+
+def _is_seed(key: str) -> bool:
+    """A fine-tuning seed as a summary keys it ("0", "-1"); anything else is not a seed row."""
+    return key.lstrip("-").isdecimal()
 
 
 def _read_records(directory: Path, reader: _Reader) -> list[dict[str, Any]]:

@@ -259,6 +259,32 @@ def test_records_of_the_wrong_shape_are_named_by_ls_and_report(copy, capsys, tmp
     assert code in (0, 2) and named.split(":")[0] in output
 
 
+ODD_SUMMARIES = {
+    "metric values": {"metrics": {"heldout_ppl": [1], "heldout_loss": "low", "heldout_acc": 1e400}},
+    "budget": {"metrics": {}, "budget": {"tokens": "many", "epochs": [1]}, "wall_s": "slow"},
+    "downstream": {"metrics": {}, "downstream": {TASK: {
+        "metrics": {"accuracy": {"seeds": {"x": 1, "0": "0.5"}, "median": "m"}}, "diverged_seeds": {"q": "r"},
+        "dev_examples": "n", "majority_baseline": {"accuracy": "y"}}}},
+    "references": {"metrics": {}, "references": {"heldout_unigram_loss": "a", "heldout_loss_noise": [1]}},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ODD_SUMMARIES)
+def test_a_summary_of_odd_values_is_read_without_a_traceback(copy, capsys, tmp_path, name):
+    """A summary from before checks (no summary_check) whose values are not what they should be:
+    `ls` and `report` read it, name what they leave out, and go on."""
+    directory = run_dir(copy)
+    status = read_json(directory / "status.json")
+    status.pop("summary_check")
+    (directory / "status.json").write_text(json.dumps(status))
+    (directory / "summary.json").write_text(json.dumps(ODD_SUMMARIES[name]))
+    ls_state(copy, capsys)
+    code, output = harness(capsys, "report", str(copy / "results" / "t"), "--out", str(tmp_path / "report"))
+    assert code == 0
+    if name == "metric values":
+        assert "metric heldout_ppl = [1] is not a number: left out" in output
+
+
 def test_index_names_a_comparisons_table_it_cannot_read(tmp_path, capsys):
     for name, content in (("binary", b"\x00\xff\x00\xfe"), ("columns", b"a,b\n1,2\n"), ("empty", b"")):
         report = tmp_path / name
