@@ -39,13 +39,14 @@ def _mean_spread(values: list[float]) -> str:
 
 
 def suite_table(suite: Suite, out_root: Path) -> str:
-    """One row per arm: runs done, then each suite metric as mean ± std over seeds."""
+    """One row per arm: runs done (a damaged one is not: harness/integrity.py), then each suite metric
+    as mean ± std over seeds."""
     metrics = suite.spec.metrics
     rows = []
     for arm, runs in suite.by_arm().items():
-        summaries = [RunRecord(suite.run_dir(out_root, r)).summary for r in runs]
-        done = [s for s in summaries if s]
-        cells = [_mean_spread([s["metrics"][m] for s in done if m in s["metrics"]]) for m in metrics]
+        records = [RunRecord(suite.run_dir(out_root, r)) for r in runs]
+        done = [(record.summary or {}).get("metrics", {}) for record in records if record.is_done()]
+        cells = [_mean_spread([d[m] for d in done if isinstance(d.get(m), (int, float))]) for m in metrics]
         rows.append([arm, f"{len(done)}/{len(runs)}", *cells])
     return _format_table(["arm", "done", *metrics], rows)
 
