@@ -41,13 +41,14 @@ def _mean_spread(values: list[float]) -> str:
 
 
 def suite_table(suite: Suite, out_root: Path) -> str:
-    """One row per arm: runs done, then each suite metric as mean ± std over seeds."""
+    """One row per arm: runs done (a damaged one is not: harness/integrity.py), then each suite metric
+    as mean ± std over seeds."""
     metrics = suite.spec.metrics
     rows = []
     for arm, runs in suite.by_arm().items():
-        summaries = [RunRecord(suite.run_dir(out_root, r)).summary for r in runs]
-        done = [s for s in summaries if s]
-        cells = [_mean_spread([s["metrics"][m] for s in done if m in s["metrics"]]) for m in metrics]
+        records = [RunRecord(suite.run_dir(out_root, r)) for r in runs]
+        done = [(record.summary or {}).get("metrics", {}) for record in records if record.is_done()]
+        cells = [_mean_spread([d[m] for d in done if isinstance(d.get(m), (int, float))]) for m in metrics]
         rows.append([arm, f"{len(done)}/{len(runs)}", *cells])
     return _format_table(["arm", "done", *metrics], rows)
 
@@ -220,14 +221,37 @@ def run_label(number: int, total: int, run) -> str:
 
 
 def tasks_left(run, run_dir: Path) -> list[str] | None:
-    """None for a run to train (not done); for a finished one, the tasks of its config it still lacks
-    (none, or ones added or changed since it ran: harness/downstream.py)."""
+    """None for a run to train (not done, or damaged: harness/integrity.py); for a finished one, the
+    tasks of its config it still lacks (none, or ones added or changed since it ran:
+    harness/downstream.py) and those whose kept predictions are damaged."""
     from harness.downstream import tasks_to_evaluate
+    from harness.integrity import prediction_problems
 
     record = RunRecord(run_dir)
     if not record.is_done():
         return None
-    return tasks_to_evaluate(run.config.model_dump(mode="json"), record.summary)
+    summary = record.summary or {}
+    lacking = tasks_to_evaluate(run.config.model_dump(mode="json"), summary)
+    damaged = [task for task in prediction_problems(run_dir, summary) if task in run.config.eval.tasks]
+    return lacking + [task for task in damaged if task not in lacking]
+
+
+def report_damage(suite: Suite, runs: list, out_root: Path) -> None:
+    """One line per run whose record is damaged (harness/integrity.py), saying what and what happens
+    now: a run no longer done is run again, a finished one with damaged predictions evaluated again."""
+    from harness.integrity import run_problems
+
+    for number, run in enumerate(runs, 1):
+        run_dir = suite.run_dir(out_root, run)
+        problems = run_problems(run_dir)
+        if problems:
+            tasks = tasks_left(run, run_dir)
+            then = (
+                "it is run again" if tasks is None
+                else f"{', '.join(tasks)} evaluated again" if tasks
+                else "of tasks this suite no longer evaluates: left as they are"
+            )  # fmt: skip
+            print(f"{run_label(number, len(runs), run)}: damaged: {'; '.join(problems)}: {then}", file=sys.stderr)
 
 
 def evaluate_one(run, run_dir: Path, label: str, tasks: list[str], device) -> str:
@@ -262,6 +286,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"suite {suite.name}: {len(suite.spec.arms)} arm(s) x {len(suite.spec.seeds)} seed(s){control_part} -> "
           f"{len(suite.runs)} run(s){part}")  # fmt: skip
     if args.dry_run:
+        report_damage(suite, runs, out_root)
         rows = []
         for run in runs:
             left = tasks_left(run, suite.run_dir(out_root, run))
@@ -297,6 +322,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     ranks = from_environment(device_type)
     if ranks.enabled and (args.jobs or 1) > 1:
         raise ConfigError("--jobs", "jobs", "under torchrun each run already spans several processes: use --jobs 1")
+    if ranks.is_main:
+        report_damage(suite, runs, out_root)
     left = {run.run_id: tasks_left(run, suite.run_dir(out_root, run)) for run in runs}
     to_do = sum(tasks is None or bool(tasks) for tasks in left.values())
     if ranks.is_main:
@@ -789,11 +816,12 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def _headline(summary: dict[str, Any] | None) -> str:
-    if not summary:
+    metrics = (summary or {}).get("metrics")
+    if not isinstance(metrics, dict) or not metrics:
         return "-"
-    metrics = summary.get("metrics", {})
-    key = "heldout_ppl" if "heldout_ppl" in metrics else next(iter(metrics), None)
-    return f"{key}={metrics[key]:.4f}" if key else "-"
+    key = "heldout_ppl" if "heldout_ppl" in metrics else next(iter(metrics))
+    value = metrics[key]
+    return f"{key}={value:.4f}" if isinstance(value, (int, float)) else f"{key}={value!r}"
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -801,24 +829,27 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if not root.is_dir():
         print(f"error: {root}: {'not a directory' if root.exists() else 'no such directory'}", file=sys.stderr)
         return 2
+    from harness.integrity import run_problems
+    from harness.records import RunLock
+
     rows = []
     for record in find_records(root):
         header = record.config or {}
         status = record.status or {}
-        state = status.get("state", "unknown")
-        if state == "running":
-            from harness.records import RunLock
-
-            if not RunLock(record.dir).held_elsewhere():
-                state = "running? (stale: no live process holds it; `harness run` resumes it)"
-        if state == "failed":
-            state += f" ({status.get('error', '')[:60]})"
+        state = str(status.get("state", "unknown"))
+        problems = run_problems(record.dir)
+        if problems:  # never `done`: `harness run` runs it again, or evaluates its damaged tasks again
+            state = f"damaged ({'; '.join(problems)[:100]})"
+        elif state == "running" and not RunLock(record.dir).held_elsewhere():
+            state = "running? (stale: no live process holds it; `harness run` resumes it)"
+        elif state == "failed":
+            state += f" ({str(status.get('error', ''))[:60]})"
         rows.append(
             [
-                header.get("suite", "?"),
-                header.get("arm", "?") + (f"#trial-{header['trial']}" if "trial" in header else ""),
+                str(header.get("suite", "?")),
+                str(header.get("arm", "?")) + (f"#trial-{header['trial']}" if "trial" in header else ""),
                 str(header.get("seed", "?")),
-                header.get("run_id", record.dir.name),
+                str(header.get("run_id", record.dir.name)),
                 state,
                 _headline(record.summary),
             ]

@@ -36,8 +36,9 @@ from harness.data.masking import IGNORE, mask_sequence
 from harness.data.tokenizer import SpecialTokens
 from harness.downstream import pair_segment, task_identity, task_key, write_identity
 from harness.evaluate_span import evaluate_span_task, squad_data_for
+from harness.integrity import reuse_kept, save_array, write_kept_json, write_kept_text
 from harness.model import PretrainingModel, SequenceClassifier
-from harness.records import atomic_write_json, read_json
+from harness.records import read_json
 from harness.squad import SPAN_TASKS, SquadData
 from harness.tasks import TaskData, TaskDataError, TaskSpec, load_task, majority_baseline, score, split_rows
 from harness.train import autocast_for, choose_lr, finetune_steps
@@ -271,10 +272,11 @@ def evaluate_downstream(
         folder = predictions_dir / name / key
         folder.mkdir(parents=True, exist_ok=True)
         write_identity(folder, identity)
-        keep_labels(folder, name, data.dev_labels)
+        keep_labels(folder, name, data.dev_labels, log)
         max_len = protocol.max_len or config.data.max_seq_len
         selection = None
         if protocol.lr_grid is not None:
+            reuse_kept(folder, "lr_selection.json", log, "the learning rate is chosen again")
             selection = read_json(folder / "lr_selection.json")
             if selection is None or selection.get("grid") != list(protocol.lr_grid):
                 started = time.perf_counter()
@@ -282,7 +284,7 @@ def evaluate_downstream(
                     pretrained, spec, data, tokenizer, specials, protocol, max_len, config.eval.finetune.seeds[0],
                     device, config.train.precision, config.model.dropout,
                 )  # fmt: skip
-                atomic_write_json(folder / "lr_selection.json", selection)
+                write_kept_json(folder / "lr_selection.json", selection)
                 shown = ", ".join(f"{lr} {'-' if v is None else f'{v:.4f}'}" for lr, v in selection["scores"].items())
                 log(f"  {name}: lr {selection['chosen']} chosen ({shown}) in {time.perf_counter() - started:.0f}s")
             protocol = protocol.model_copy(update={"lr": selection["chosen"]})
@@ -290,6 +292,8 @@ def evaluate_downstream(
         diverged: dict[str, int] = {}
         for seed in config.eval.finetune.seeds:
             done, failed = folder / f"seed-{seed}.npy", folder / f"seed-{seed}.diverged"
+            for kept in (done, failed):
+                reuse_kept(folder, kept.name, log, f"seed {seed} is fine-tuned again")
             if not done.is_file() and not failed.is_file():
                 started = time.perf_counter()
                 result = finetune_task(
@@ -297,9 +301,9 @@ def evaluate_downstream(
                     config.train.precision, config.model.dropout,
                 )  # fmt: skip
                 if result.predictions is None:
-                    failed.write_text(str(result.diverged_at_step))
+                    write_kept_text(failed, str(result.diverged_at_step))
                 else:
-                    np.save(done, result.predictions)
+                    save_array(done, result.predictions)
                 log(f"  {name} seed {seed}: fine-tuned in {time.perf_counter() - started:.0f}s")
             if failed.is_file():
                 diverged[str(seed)] = int(failed.read_text())
@@ -327,13 +331,14 @@ def evaluate_downstream(
     return results
 
 
-def keep_labels(folder: Path, task: str, labels: np.ndarray) -> None:
+def keep_labels(folder: Path, task: str, labels: np.ndarray, log=print) -> None:
     """The dev labels beside the predictions, written once. Where the task's data is read from is not
     part of its key (harness/downstream.py), so labels that differ from those kept mean other data
     under the same key: refused, rather than scoring old predictions against new labels."""
     path = folder / "labels.npy"
+    reuse_kept(folder, path.name, log, "written again")
     if not path.is_file():
-        np.save(path, labels)
+        save_array(path, labels)
     elif not np.array_equal(np.load(path), labels):
         raise TaskDataError(
             f"{task}: the dev labels read now differ from those kept with the predictions in {folder} (the task's "

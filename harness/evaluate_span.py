@@ -25,6 +25,7 @@ from harness.config import FinetuneConfig, RunConfig
 from harness.data.batches import collate
 from harness.data.masking import IGNORE
 from harness.data.tokenizer import SpecialTokens
+from harness.integrity import reuse_kept, write_kept_json, write_kept_text
 from harness.model import PretrainingModel, SpanExtractor
 from harness.records import atomic_write_json, read_json
 from harness.squad import (
@@ -182,6 +183,7 @@ def evaluate_span_task(
     max_len = protocol.max_len or config.data.max_seq_len
     selection = None
     if protocol.lr_grid is not None:
+        reuse_kept(folder, "lr_selection.json", log, "the learning rate is chosen again")
         selection = read_json(folder / "lr_selection.json")
         if selection is None or selection.get("grid") != list(protocol.lr_grid):
             started = time.perf_counter()
@@ -189,7 +191,7 @@ def evaluate_span_task(
                 pretrained, spec, data.train, tokenizer, specials, protocol, max_len, config.eval.finetune.seeds[0],
                 device, config.train.precision,
             )  # fmt: skip
-            atomic_write_json(folder / "lr_selection.json", selection)
+            write_kept_json(folder / "lr_selection.json", selection)
             took = time.perf_counter() - started
             log(f"  {name}: lr {selection['chosen']} chosen (F1 per lr {selection['scores']}) in {took:.0f}s")
         protocol = protocol.model_copy(update={"lr": selection["chosen"]})
@@ -197,6 +199,8 @@ def evaluate_span_task(
     diverged: dict[str, int] = {}
     for seed in config.eval.finetune.seeds:
         done, failed = folder / f"seed-{seed}.json", folder / f"seed-{seed}.diverged"
+        for kept in (done, failed):
+            reuse_kept(folder, kept.name, log, f"seed {seed} is fine-tuned again")
         if not done.is_file() and not failed.is_file():
             started = time.perf_counter()
             result = finetune_span(
@@ -204,9 +208,9 @@ def evaluate_span_task(
                 config.train.precision,
             )  # fmt: skip
             if result.predictions is None:
-                failed.write_text(str(result.diverged_at_step))
+                write_kept_text(failed, str(result.diverged_at_step))
             else:
-                atomic_write_json(done, result.predictions)
+                write_kept_json(done, result.predictions)
             log(f"  {name} seed {seed}: fine-tuned in {time.perf_counter() - started:.0f}s")
         if failed.is_file():
             diverged[str(seed)] = int(failed.read_text())

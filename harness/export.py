@@ -24,6 +24,7 @@ import torch
 from tokenizers import AddedToken, Tokenizer, processors
 
 from harness.config import ModelConfig
+from harness.integrity import CHECKPOINT_FILES, write_contents
 from harness.model import PretrainingModel, plain_state_dict
 from harness.records import RunRecord, plain_mode
 
@@ -294,6 +295,7 @@ def import_hf(hf_dir: Path, run_dir: Path, log=print) -> Path:
     save_file(plain_state_dict(model), str(checkpoint / "model.safetensors"))
     plain_mode(checkpoint / "model.safetensors")
     tokenizer.save(str(checkpoint / "tokenizer.json"))
+    write_contents(checkpoint, CHECKPOINT_FILES)
     record = RunRecord(run_dir)
     header = {"suite": "imported", "arm": hf_dir.name, "seed": 0, "run_id": run_dir.name, "imported_from": str(hf_dir)}
     record.start(header, run_config)

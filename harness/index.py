@@ -31,10 +31,32 @@ def load_comparisons(report_dirs: list[Path]) -> pd.DataFrame:
         path = Path(directory) / "comparisons.csv"
         if not path.is_file():
             raise IndexFileError(f"{directory}: no comparisons.csv (write the report first: harness report)")
-        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        frame = _read_comparisons(path)
         suite, scale = split_scale(Path(directory).name)
         frames.append(frame.assign(suite=suite, scale=scale))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# the columns of a report's comparisons.csv this table is made of
+COLUMNS = ("comparison", "metric", "diff", "ci_low", "ci_high", "p_holm", "verdict", "winner", "mde", "reason",
+           "agrees_with_paper", "paper_direction")  # fmt: skip
+
+
+def _read_comparisons(path: Path) -> pd.DataFrame:
+    """A report's comparisons.csv, whatever it holds: unreadable content or missing columns are an
+    IndexFileError naming the file."""
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except (ValueError, UnicodeDecodeError, OSError) as err:  # pandas' parser and empty-data errors are ValueErrors
+        raise IndexFileError(f"{path}: not a readable comparisons table ({type(err).__name__}: {err})") from None
+    lacking = [c for c in COLUMNS if c not in frame.columns]
+    if lacking:
+        raise IndexFileError(
+            f"{path}: lacks the column(s) {', '.join(lacking)}: not a comparisons table this version reads"
+        )
+    for column in ("diff", "ci_low", "ci_high", "p_holm", "mde"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame
 
 
 def _ours(row: pd.Series) -> str:

@@ -128,9 +128,14 @@ def run_progress(run_dir: Path) -> str:
     rows = tail_rows(run_dir / "metrics.jsonl")
     if any(row.get("final") for row in rows):
         return "evaluating"
-    step = max((row.get("step", 0) for row in rows), default=status.get("resumed_from_step", 0))
-    losses = [row["train_loss"] for row in rows if "train_loss" in row]
+    # numbers only: the rows are read from a file anything may have written into
+    step = max((row["step"] for row in rows if _is_number(row.get("step"))), default=status.get("resumed_from_step", 0))
+    losses = [row["train_loss"] for row in rows if _is_number(row.get("train_loss"))]
     return f"step {step}/{planned}" + (f", loss {losses[-1]:.3f}" if losses else "")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _duration(seconds: float) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 
 from harness.config import run_id_of
 from harness.downstream import file_flat_predictions, flat_prediction_tasks, key_of
+from harness.integrity import file_check
 from harness.records import SCHEMA_VERSION, RunLock, atomic_write_json, find_records, read_json
 
 ID_FILES = ("config.json", "summary.json", "status.json")  # record files that may hold the run id
@@ -115,6 +116,8 @@ def apply(move: Move) -> None:
             file_flat_predictions(move.run_dir, move.config, document)
         if "run_id" in document:
             document["run_id"] = move.new_id
+        if name == "status.json" and "summary_check" in document:  # summary.json was rewritten just before
+            document["summary_check"] = file_check(move.run_dir / "summary.json")
         if document != before:
             atomic_write_json(path, document)
     if move.renamed:

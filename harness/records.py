@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -62,11 +63,44 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
+def kind_of(value: Any) -> str:
+    """A JSON value's kind, for messages: "a list", "a string", ..."""
+    if value is None:
+        return "null"
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number"}  # fmt: skip
+    return names.get(type(value), type(value).__name__)
+
+
+def read_record(path: Path, expect: type | None = dict) -> tuple[Any, str | None]:
+    """A JSON file and what is wrong with it, whatever it holds: (document, None); (None, what is wrong:
+    binary bytes, invalid or cut-short JSON, a list where an object is expected...); or (None, None)
+    when there is no such file. Never raises."""
+    path = Path(path)
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None, None
+    except OSError as err:
+        return None, f"unreadable ({err.strerror or err})"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return None, f"not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}): binary or damaged"
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as err:
+        return None, f"not valid JSON ({err.msg} at line {err.lineno} column {err.colno}): damaged or cut short"
+    except (ValueError, RecursionError) as err:
+        return None, f"not valid JSON ({type(err).__name__}): damaged"
+    if expect is not None and not isinstance(document, expect):
+        return None, f"{kind_of(document)} where a JSON object is expected"
+    return document, None
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object, or None when the file is missing or holds anything else (read_record says what)."""
+    return read_record(path)[0]
 
 
 def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
@@ -114,8 +148,14 @@ class RunRecord:
         return read_json(self.dir / "config.json")
 
     def is_done(self) -> bool:
+        """Recorded as done, and what a finished run is made of is as it was written: its status, config,
+        summary and finished model pass their checks (harness/integrity.py). A damaged run is not done."""
+        from harness.integrity import finished_run_problems
+
         status = self.status
-        return bool(status and status.get("state") == "done" and (self.dir / "summary.json").is_file())
+        if not (status and status.get("state") == "done" and (self.dir / "summary.json").is_file()):
+            return False
+        return not finished_run_problems(self.dir)
 
     def register(self, header: dict[str, Any], config: dict[str, Any]) -> None:
         """Mark a run of a suite as pending, unless it already has a status (failed runs keep their error)."""
@@ -134,16 +174,18 @@ class RunRecord:
         atomic_write_json(self.dir / "config.json", {**header, "config": {**header["config"], "eval": evaluation}})
 
     def start(self, header: dict[str, Any], config: dict[str, Any]) -> None:
-        """A fresh attempt: config written, old metrics cleared, status running."""
+        """A fresh attempt: config written, old metrics cleared, status running. Predictions an earlier
+        attempt kept go too: they came from a model this attempt does not continue."""
         self._write_config(header, config)
         (self.dir / "metrics.jsonl").write_text("")
         (self.dir / "summary.json").unlink(missing_ok=True)
+        shutil.rmtree(self.dir / "predictions", ignore_errors=True)
         self.set_status("running", pid=os.getpid())
 
     def resume(self, step: int) -> None:
         """Continue after a crash from a checkpoint at `step`: metric rows logged after it (and the
         final evaluation of an attempt that got that far) go, the rest stays."""
-        kept = [row for row in self.metrics() if row.get("step", 0) <= step and not row.get("final")]
+        kept = [row for row in self.metrics() if _step_of(row) <= step and not row.get("final")]
         atomic_write_text(self.dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in kept))
         (self.dir / "summary.json").unlink(missing_ok=True)
         self.set_status("running", pid=os.getpid(), resumed_from_step=step)
@@ -172,8 +214,25 @@ class RunRecord:
         return read_jsonl(self.dir / "metrics.jsonl")
 
     def finish(self, summary: dict[str, Any]) -> None:
+        """summary.json, then the status `done` with the summary's size and hash: a summary that is
+        not as written later makes the run not done (harness/integrity.py)."""
+        self.set_status("done", summary_check=self._write_summary(summary))
+
+    def rewrite_summary(self, summary: dict[str, Any]) -> None:
+        """A finished run's summary changed (held-out floors added), its check in status.json renewed."""
+        self.update_status(summary_check=self._write_summary(summary))
+
+    def _write_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
+        from harness.integrity import file_check
+
         atomic_write_json(self.dir / "summary.json", {"schema_version": SCHEMA_VERSION, **summary})
-        self.set_status("done")
+        return file_check(self.dir / "summary.json")
+
+
+def _step_of(row: dict[str, Any]) -> float:
+    """A metrics row's step; a row whose step is not a number sorts after every step (dropped on resume)."""
+    step = row.get("step", 0)
+    return step if isinstance(step, (int, float)) and not isinstance(step, bool) else float("inf")
 
 
 class RunLock:

@@ -3,7 +3,8 @@
 Reading never stops at a bad record. Each problem (a corrupt or half-written file, a record from
 another schema version, a metric that is not a number) is collected with the file named, and the
 rest is read. Runs a suite expects but that have no finished record stay in the tables as
-`missing`, `pending`, `running` or `failed`, never silently dropped.
+`missing`, `pending`, `running`, `failed` or `damaged` (a summary that fails the check written with
+it: harness/integrity.py), never silently dropped.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pandas as pd
 
 from harness.config import ConfigError
 from harness.downstream import tasks_to_evaluate
+from harness.integrity import header_problem, prediction_problems, status_problem, summary_problem
 from harness.records import SCHEMA_VERSION, atomic_write_json, read_jsonl
 from harness.suite import Suite, SuiteSpec, load_suite
 
@@ -119,6 +121,11 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
+
+
+def _as_written(value: Any) -> int | float | None:
+    """A number as the record holds it (an int stays an int); None for anything else."""
+    return value if _number(value) is not None else None
 
 
 def source_from_suite(suite: Suite, results_root: Path) -> SuiteSource:
@@ -272,10 +279,11 @@ class _Rows:
                 **base,
                 "state": record["state"],
                 "error": record["error"],
-                "tokens": budget.get("tokens"),
-                "steps": budget.get("steps"),
-                "epochs": budget.get("epochs"),
-                "wall_s": summary.get("wall_s"),
+                # numbers only (anything else is left blank): a summary is read, not trusted
+                "tokens": _as_written(budget.get("tokens")),
+                "steps": _as_written(budget.get("steps")),
+                "epochs": _as_written(budget.get("epochs")),
+                "wall_s": _as_written(summary.get("wall_s")),
                 "time": record["time"],  # of the status last written
                 "directory": str(record["dir"]),
                 **config_cols,
@@ -394,13 +402,19 @@ def _finetune_rows(base: dict[str, Any], downstream: dict[str, Any]) -> list[dic
         for metric, detail in result.get("metrics", {}).items():
             for finetune_seed, value in detail.get("seeds", {}).items():
                 number = _number(value)
-                if number is not None:
+                if number is not None and _is_seed(finetune_seed):
                     rows.append({**base, "task": task, "metric": metric, "finetune_seed": int(finetune_seed),
                                  "value": number, "diverged": ""})  # fmt: skip
         for finetune_seed, reason in result.get("diverged_seeds", {}).items():
-            rows.append({**base, "task": task, "metric": "", "finetune_seed": int(finetune_seed),
-                         "value": math.nan, "diverged": str(reason)})  # fmt: skip
+            if _is_seed(finetune_seed):
+                rows.append({**base, "task": task, "metric": "", "finetune_seed": int(finetune_seed),
+                             "value": math.nan, "diverged": str(reason)})  # fmt: skip
     return rows
+
+
+def _is_seed(key: str) -> bool:
+    """A fine-tuning seed as a summary keys it ("0", "-1"); anything else is not a seed row."""
+    return key.lstrip("-").isdecimal()
 
 
 def _read_records(directory: Path, reader: _Reader) -> list[dict[str, Any]]:
@@ -420,18 +434,30 @@ def _read_records(directory: Path, reader: _Reader) -> list[dict[str, Any]]:
         if missing:
             reader.problems.append(f"{config_path}: lacks {', '.join(missing)}: skipped")
             continue
+        wrong = header_problem(header)
+        if wrong:
+            reader.problems.append(f"{run_dir}/{wrong}: skipped")
+            continue
         status = reader.json_file(run_dir / "status.json") or {}
         state = status.get("state", "unknown")
         error = str(status.get("error", ""))  # failed, diverged, pruned: why
         summary = None
-        if state == "unknown":
+        if not isinstance(state, str):
+            state, error = "damaged", str(status_problem(status))
+            reader.problems.append(f"{run_dir}/{error}")
+        elif state == "unknown":
             error = "status.json missing or unreadable"
         elif state == "done":
-            summary = reader.json_file(run_dir / "summary.json")
-            if summary is None:
-                state, error = "corrupt", "summary.json unreadable"
-                if not (run_dir / "summary.json").is_file():
-                    reader.problems.append(f"{run_dir}: status says done but summary.json is missing")
+            damage = summary_problem(run_dir, status)  # against the check written with it
+            if damage is None:
+                summary = reader.json_file(run_dir / "summary.json")
+                for task, problem in prediction_problems(run_dir, summary or {}).items():
+                    reader.problems.append(
+                        f"{run_dir}/{problem}: left out of {task}'s multi-bootstrap (`harness run` evaluates it again)"
+                    )
+            else:  # never counted as done: `harness run` runs it again
+                state, error = "damaged", damage
+                reader.problems.append(f"{run_dir}/{damage}: the run is not counted as done")
         records.append(
             {
                 "dir": run_dir,

@@ -29,8 +29,9 @@ from harness.data.pipeline import PreparedData, prepare_data
 from harness.data.tokenizer import SpecialTokens, special_tokens, unknown_token_rate
 from harness.distributed import NOT_DISTRIBUTED, Distributed
 from harness.evaluate import evaluate_downstream, fixed_mask_batches, flat_downstream_metrics, heldout_mlm
+from harness.integrity import CHECKPOINT_FILES, checkpoint_problem, write_contents
 from harness.model import PretrainingModel, plain_state_dict
-from harness.records import SCHEMA_VERSION, RunRecord, atomic_write_json, plain_mode
+from harness.records import SCHEMA_VERSION, RunRecord, plain_mode
 from harness.references import bits_per_byte, heldout_references
 from harness.suite import Run
 from harness.train import Diverged, RunGuards, TrainResult, planned_steps, train
@@ -73,8 +74,7 @@ def load_pretrained(
     tokenizer_file = run_dir / "checkpoint" / "tokenizer.json"
     if not weights.is_file() or not tokenizer_file.is_file():
         raise ValueError(f"{run_dir}: no checkpoint (model.safetensors + tokenizer.json): has the run finished?")
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    state = load_file(str(weights))
+    tokenizer, state = load_checkpoint(run_dir)
     rows = state["roberta.embeddings.word_embeddings.weight"].shape[0]
     if rows != tokenizer.get_vocab_size():
         raise ValueError(
@@ -85,6 +85,19 @@ def load_pretrained(
     model = PretrainingModel(config.model, rows, specials.pad, nsp=config.data.nsp)
     model.load_state_dict(state)
     return config, model, tokenizer, specials
+
+
+def load_checkpoint(run_dir: Path) -> tuple[Tokenizer, dict[str, torch.Tensor]]:
+    """A finished run's tokenizer and weights, once they pass their content check; a damaged one is a
+    ValueError naming the file and what is wrong with it (never a loader's traceback)."""
+    folder = run_dir / "checkpoint"
+    problem = checkpoint_problem(run_dir)
+    if problem:
+        raise ValueError(f"damaged: {problem}; `harness run` of its suite trains the run again")
+    try:
+        return Tokenizer.from_file(str(folder / "tokenizer.json")), load_file(str(folder / "model.safetensors"))
+    except Exception as err:  # tokenizers and safetensors raise their own types: whatever they say, name the file
+        raise ValueError(f"checkpoint/ cannot be loaded ({type(err).__name__}: {err})") from None
 
 
 def evaluation_config(run_dir: Path, changes: dict[str, Any], tasks: list[str] | None = None) -> RunConfig:
@@ -177,7 +190,7 @@ def fill_references(run_dir: Path, cache: StageCache, log=print) -> bool:
     data = prepare_data(config.data, cache, config.eval.heldout_sequences)
     summary.pop("schema_version", None)
     summary["references"] = data_references(config, data)
-    atomic_write_json(run_dir / "summary.json", {"schema_version": SCHEMA_VERSION, **summary})  # status untouched
+    record.rewrite_summary(summary)  # the state untouched, the summary's check renewed
     log(f"{run_dir}: held-out floors added (unigram loss {summary['references']['heldout_unigram_loss']:.3f})")
     return True
 
@@ -419,6 +432,7 @@ def save_finished(model: PretrainingModel, tokenizer: Tokenizer, checkpoint: Pat
     save_file(plain_state_dict(model), str(checkpoint / "model.safetensors"))
     plain_mode(checkpoint / "model.safetensors")
     tokenizer.save(str(checkpoint / "tokenizer.json"))
+    write_contents(checkpoint, CHECKPOINT_FILES)  # checked before every reuse (harness/integrity.py)
 
 
 def finished_summary(

@@ -15,6 +15,7 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from harness.cli import main
 from harness.config import RunConfig
 from harness.evaluate import evaluate_downstream
+from harness.integrity import CHECKPOINT_FILES, write_contents
 from harness.records import RunRecord
 from harness.runner import load_pretrained
 from harness.tasks import (
@@ -125,6 +126,9 @@ def test_checkpoint_and_tokenizer_must_match(pretrained_run, tmp_path, capsys):
     other = Tokenizer.from_file(str(copy / "checkpoint" / "tokenizer.json"))
     other.add_tokens(["an-extra-token"])
     other.save(str(copy / "checkpoint" / "tokenizer.json"))
+    assert main(["eval", str(copy)]) == 2
+    assert "checkpoint/tokenizer.json" in capsys.readouterr().err  # not the file written with the model
+    write_contents(copy / "checkpoint", CHECKPOINT_FILES)  # a whole checkpoint whose parts do not match
     assert main(["eval", str(copy)]) == 2
     assert "do not belong together" in capsys.readouterr().err
 

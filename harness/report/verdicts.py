@@ -27,6 +27,7 @@ import pandas as pd
 
 from harness.config import lower_is_better
 from harness.downstream import recorded_folder
+from harness.integrity import file_problem
 from harness.paper import load_paper_tables
 from harness.references import per_token_refusal
 from harness.report.tables import NO_FLOOR, Floor, arm_configs, arm_floor, is_missing, paper_columns, values_by_seed
@@ -102,11 +103,22 @@ def _paper_effect(comparison: Comparison, metric: str, baseline_mean: float) -> 
     return f"{word} ({d.label} {d.delta:+.2f})", effect
 
 
-def _predictions(folder: Path, finetune_seeds: list[int]) -> list[np.ndarray] | None:
-    paths = [folder / f"seed-{s}.npy" for s in finetune_seeds]
-    if not all(p.is_file() for p in paths):
-        return None
-    return [np.load(p) for p in paths]
+def _predictions(folder: Path, finetune_seeds: list[int]) -> tuple[list[np.ndarray] | None, np.ndarray | None, str]:
+    """The kept dev predictions of each fine-tuning seed and the labels, each checked against what was
+    written (harness/integrity.py); otherwise None and why."""
+    names = [f"seed-{s}.npy" for s in finetune_seeds]
+    if not all((folder / name).is_file() for name in [*names, "labels.npy"]):
+        return None, None, "dev predictions not kept with the records"
+    arrays = []
+    for name in [*names, "labels.npy"]:
+        problem = file_problem(folder, name, str(folder / name))
+        if problem:
+            return None, None, f"dev predictions damaged ({problem}): `harness run` evaluates the task again"
+        try:
+            arrays.append(np.load(folder / name))
+        except (ValueError, OSError, EOFError) as err:
+            return None, None, f"dev predictions unreadable ({folder / name}: {err})"
+    return arrays[:-1], arrays[-1], ""
 
 
 def _multiboot(results: Results, comparison: Comparison, metric: str) -> tuple[MultiBootstrap | None, str]:
@@ -138,11 +150,10 @@ def _multiboot(results: Results, comparison: Comparison, metric: str) -> tuple[M
         sides[arm] = []
         for seed in shared:
             folder = recorded_folder(Path(dirs.loc[seed]), task)  # the predictions behind the summary's scores
-            predictions = _predictions(folder, seeds_ft)
-            label_file = folder / "labels.npy"
-            if predictions is None or not label_file.is_file():
-                return None, "dev predictions not kept with the records"
-            labels = np.load(label_file) if labels is None else labels
+            predictions, kept_labels, why = _predictions(folder, seeds_ft)
+            if predictions is None:
+                return None, why
+            labels = kept_labels if labels is None else labels
             sides[arm].append(predictions)
     if name == "accuracy":  # the common case, vectorised: the others go through scikit-learn
 
