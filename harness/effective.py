@@ -43,6 +43,9 @@ class ArmPlan:
     passes: float | None = None
     tokens_per_pass: float | None = None  # training tokens in one pass, when known
     planned: bool = True  # the passes are planned (before training), not made (from records)
+    # copies of the training split its runs were packed into (from records: 1 for runs made before
+    # static copies of a pair format were packed anew); None: as the format and this code decide
+    format_copies: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,18 +89,22 @@ def static_repeats_nothing(config: dict[str, Any], passes: float | None) -> bool
     return passes <= masking.get("dupe_factor", DEFAULT_DUPE)
 
 
-def passes_as_dynamic(config: dict[str, Any]) -> float:
+def passes_as_dynamic(config: dict[str, Any], format_copies: int | None = None) -> float:
     """How many passes static masking serves exactly what dynamic masking serves: dupe_factor, or
     one where each copy is packed anew (its second copy is cut into other sequences)."""
     from harness.data.formats import SEEDED_FORMATS
 
     dupe = (config.get("masking") or {}).get("dupe_factor", DEFAULT_DUPE)
-    return 1 if dupe > 1 and (config.get("data") or {}).get("format") in SEEDED_FORMATS else dupe
+    if format_copies is None:
+        anew = (config.get("data") or {}).get("format") in SEEDED_FORMATS
+    else:
+        anew = format_copies > 1
+    return 1 if dupe > 1 and anew else dupe
 
 
-def static_trains_as_dynamic(config: dict[str, Any], passes: float | None) -> bool:
+def static_trains_as_dynamic(config: dict[str, Any], passes: float | None, format_copies: int | None = None) -> bool:
     """Static masking whose batches are dynamic masking's, bit for bit, over the planned passes."""
-    return static_repeats_nothing(config, passes) and passes <= passes_as_dynamic(config)
+    return static_repeats_nothing(config, passes) and passes <= passes_as_dynamic(config, format_copies)
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -107,12 +114,12 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return part
 
 
-def effective_part(config: dict[str, Any], passes: float | None) -> dict[str, Any]:
+def effective_part(config: dict[str, Any], passes: float | None, format_copies: int | None = None) -> dict[str, Any]:
     """`_comparable` with masking as the trainer realises it: static masking that repeats no mask is
     dynamic masking, and dynamic masking ignores dupe_factor."""
     part = _comparable(config)
     masking = part.get("masking") or {}
-    if static_trains_as_dynamic(config, passes):
+    if static_trains_as_dynamic(config, passes, format_copies):
         masking["kind"] = "dynamic"
     if masking.get("kind") == "dynamic":
         for key in UNREAD_UNDER_DYNAMIC:
@@ -163,8 +170,9 @@ def _static_reason(statics: list[tuple[str, ArmPlan]]) -> str:
         f"{setting} at {_passes_text(plan)} over the training data (≤ {least:g}) never serves a mask twice: pass e "
         f"(from 0) serves mask e mod dupe_factor = e, the very mask dynamic masking draws for pass e"
     )
-    if all(static_trains_as_dynamic(p.config, p.passes) for _, p in statics):
-        return f"{reason}; {_remedy(min(passes_as_dynamic(p.config) for _, p in statics), plan)}"
+    if all(static_trains_as_dynamic(p.config, p.passes, p.format_copies) for _, p in statics):
+        least_as_dynamic = min(passes_as_dynamic(p.config, p.format_copies) for _, p in statics)
+        return f"{reason}; {_remedy(least_as_dynamic, plan)}"
     return f"{reason}, on a copy packed anew, so it differs from dynamic masking in segmentation only"
 
 
@@ -175,7 +183,8 @@ def _group_reason(group: list[str], arms: dict[str, ArmPlan]) -> str:
             "their resolved configs are identical apart from the arm name (and downstream settings, which "
             "do not change the pretrained model): one run serves both, and the comparison is of a run with itself"
         )
-    statics = [(name, arms[name]) for name in group if static_trains_as_dynamic(arms[name].config, arms[name].passes)]
+    statics = [(name, plan) for name, plan in ((n, arms[n]) for n in group)
+               if static_trains_as_dynamic(plan.config, plan.passes, plan.format_copies)]  # fmt: skip
     if statics:
         return _static_reason(statics)
     return "they differ only in masking.dupe_factor, which dynamic masking does not read"
@@ -194,10 +203,10 @@ def find_ineffective(arms: dict[str, ArmPlan]) -> list[Ineffective]:
     trained = {name: plan for name, plan in arms.items() if _pretrains(plan.config)}
     groups: list[list[str]] = []
     for name, plan in trained.items():
-        part = effective_part(plan.config, plan.passes)
+        part = effective_part(plan.config, plan.passes, plan.format_copies)
         for group in groups:
             first = trained[group[0]]
-            if effective_part(first.config, first.passes) == part:
+            if effective_part(first.config, first.passes, first.format_copies) == part:
                 group.append(name)
                 break
         else:
@@ -207,7 +216,7 @@ def find_ineffective(arms: dict[str, ArmPlan]) -> list[Ineffective]:
     for name, plan in trained.items():
         if name not in named and static_repeats_nothing(plan.config, plan.passes):
             reason = _static_reason([(name, plan)])
-            if static_trains_as_dynamic(plan.config, plan.passes):
+            if static_trains_as_dynamic(plan.config, plan.passes, plan.format_copies):
                 reason += "; it trains as dynamic masking would"
             found.append(Ineffective((name,), reason))
     found += _unknown(trained, named)
@@ -224,14 +233,15 @@ def _unknown(trained: dict[str, ArmPlan], named: set[str]) -> list[Ineffective]:
         if any(name in w.arms for w in warnings):  # already named beside another static arm
             continue
         # within dupe_factor passes (0 stands for any such number), against the others as far as known
-        as_dynamic = effective_part(plan.config, 0.0)
+        as_dynamic = effective_part(plan.config, 0.0, plan.format_copies)
         twins = [
             other for other, p in trained.items()
-            if other != name and effective_part(p.config, 0.0 if p.passes is None else p.passes) == as_dynamic
+            if other != name and effective_part(p.config, 0.0 if p.passes is None else p.passes, p.format_copies)
+            == as_dynamic
         ]  # fmt: skip
         if twins:
             dupe = (plan.config.get("masking") or {}).get("dupe_factor", DEFAULT_DUPE)
-            within = passes_as_dynamic(plan.config)
+            within = passes_as_dynamic(plan.config, plan.format_copies)
             unit = "pass" if within == 1 else "passes"
             reason = (
                 f"static masking with dupe_factor {dupe} trains as dynamic masking does unless training makes "

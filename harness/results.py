@@ -284,6 +284,7 @@ class _Rows:
                 "steps": _as_written(budget.get("steps")),
                 "epochs": _as_written(budget.get("epochs")),
                 "wall_s": _as_written(summary.get("wall_s")),
+                "format_copies": _format_copies(summary),
                 "time": record["time"],  # of the status last written
                 "directory": str(record["dir"]),
                 **config_cols,
@@ -314,6 +315,15 @@ class _Rows:
                 )
             else:
                 self.metrics.append({**base, "metric": metric, "value": value, **config_cols})
+
+
+def _format_copies(summary: dict[str, Any]) -> int | None:
+    """How many copies of the training split a finished run was packed into: static masking's copies
+    of a pair format each have their own stage (`format_copy_<c>`); None when the summary has no keys."""
+    keys = summary.get("stage_keys")
+    if not isinstance(keys, dict) or "format" not in keys:
+        return None
+    return 1 + sum(str(name).startswith("format_copy_") for name in keys)
 
 
 def load_results(sources: list[SuiteSource], problems: list[str] | None = None) -> Results:

@@ -135,6 +135,10 @@ def test_static_copies_packed_anew_train_as_dynamic_within_one_pass_only(write_s
     assert beyond.arms == ("static",) and "differs from dynamic masking in segmentation only" in beyond.message()
     (unknown,) = find_ineffective({"dynamic": ArmPlan(arms["dynamic"]), "static": ArmPlan(arms["static"])})
     assert "more than 1 pass over" in unknown.message()
+    # records of runs packed into one copy (made before copies were packed anew) trained as dynamic
+    old = ArmPlan(arms["static"], 1.5, 100, planned=False, format_copies=1)
+    (made,) = find_ineffective({"dynamic": ArmPlan(arms["dynamic"]), "static": old})
+    assert made.arms == ("dynamic", "static") and "only after 2 passes" in made.message()
 
 
 # ------------------------------------------------------------------------------ the commands

@@ -279,7 +279,10 @@ def ineffective_arms(results: Results) -> list[Ineffective]:
             continue
         passes = float(rows["epochs"].max())
         tokens = pd.to_numeric(rows["tokens"], errors="coerce") / rows["epochs"].astype(float)
-        plans[arm] = ArmPlan(_nested_config(configs.loc[arm]), passes, float(tokens.max()), planned=False)
+        copies = pd.to_numeric(rows.get("format_copies"), errors="coerce") if "format_copies" in rows else None
+        known = copies is not None and copies.notna().any()
+        plans[arm] = ArmPlan(_nested_config(configs.loc[arm]), passes, float(tokens.max()), planned=False,
+                             format_copies=int(copies.max()) if known else None)  # fmt: skip
     return [warning for warning in find_ineffective(plans) if warning.certain]
 
 
