@@ -9,6 +9,7 @@ import json
 import os
 import statistics
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -547,19 +548,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     if trials is None and not (args.timeout_s or search.timeout_s):
         raise ConfigError(str(suite.path), "search.trials", "give a number of trials or a timeout")
     timeout = args.timeout_s or search.timeout_s
+    died: dict[int, int] = {}  # worker -> exit status, for the workers that did not end well
     if args.worker_index is None:
         check_task_data(suite)
         searching.create_studies(suite, storage)
         print(f"search {suite.name}: {trials} trial(s) per study, {args.workers} worker(s), storage {url}")
     if args.workers > 1 and args.worker_index is None:
-        argv = ["search", args.suite, "--storage", url, "--out", args.out, "--workers", "1"]
-        argv += [f"--set={s}" for s in args.set or []]
-        argv += ["--trials", str(trials)] if trials else []
-        argv += ["--timeout-s", str(timeout)] if timeout else []
-        argv += ["--device", args.device] if args.device else []
-        status = searching.spawn_workers(argv, args.workers)
-        if status != 0:
-            print(f"a worker exited with status {status}", file=sys.stderr)
+        died = _search_workers(args, suite, storage, url, trials, timeout)
     else:
         import torch
 
@@ -580,7 +575,29 @@ def cmd_search(args: argparse.Namespace) -> int:
     report_dir = Path(args.report_out) if args.report_out else default_report_dir([source_from_suite(suite, out_root)])
     for line in searching.write_search_report(suite, storage, report_dir / "search", args.set or []):
         print(line)
+    if died:
+        print(f"\n{len(died)} worker(s) died: the search is incomplete or ran trials again (above)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _search_workers(args: argparse.Namespace, suite: Suite, storage, url: str, trials, timeout) -> dict[int, int]:
+    """`harness search --workers N`: N worker processes on the study, waited for. Returns the workers
+    that died (worker -> exit status), each named on stderr with the trials it left unfinished."""
+    from harness import search as searching
+
+    argv = ["search", args.suite, "--storage", url, "--out", args.out, "--workers", "1"]
+    argv += [f"--set={s}" for s in args.set or []]
+    argv += ["--trials", str(trials)] if trials else []
+    argv += ["--timeout-s", str(timeout)] if timeout else []
+    argv += ["--device", args.device] if args.device else []
+    started = datetime.now()  # the trials a dead worker left are among those started since
+    codes = searching.spawn_workers(argv, args.workers)
+    died = {worker: code for worker, code in enumerate(codes) if code != 0}
+    for worker, code in died.items():
+        lost = searching.dead_worker_trials(suite, storage, worker, started) or ["no trial of it was left unfinished"]
+        print(f"worker {worker} {searching.how_it_ended(code)}: " + "; ".join(lost), file=sys.stderr)
+    return died
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -1,15 +1,20 @@
 """SIGINT and SIGTERM lose nothing: a run stops at the next step boundary with a checkpoint there,
 is recorded `interrupted` (exit 130) and the next `harness run` resumes it to the summary of a run
-never interrupted; sequentially, with --jobs, and when cut short outside training."""
+never interrupted; sequentially, with --jobs, and when cut short outside training. A search whose
+worker was killed exits non-zero naming the trial it left."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from conftest import tiny_suite
@@ -19,6 +24,7 @@ from harness.cli import main
 from harness.interrupt import StopSignals
 from harness.records import RunLock, RunRecord
 from harness.results import load_results, source_from_suite
+from harness.search import dead_worker_trials, retry_callback
 from harness.suite import load_suite
 
 STEPS = 40
@@ -211,3 +217,106 @@ def test_a_first_signal_waits_for_the_step_boundary_and_a_second_stops_at_once()
         with stop.deferred():
             stop.handle(signal.SIGTERM, None)
         # training ended before its next step boundary: the stop happens as the block ends
+
+
+# ------------------------------------------------------------------------------------ search
+
+
+def test_a_search_whose_worker_was_killed_exits_non_zero_naming_the_trial(tmp_path, capsys):
+    """Two workers, one of them killed while it trains a trial: the other (after its own trial, if it
+    got one) sees that trial go silent and fails it (no retry, to keep the test short); the command
+    names it and exits 1."""
+    suite = tiny_suite(arms={"dynamic": {}}, metrics=["heldout_loss"])
+    suite["base"]["train"].update({"steps": 40, "log_every": 1})
+    suite["search"] = {
+        "objective": {"metric": "heldout_loss"},
+        "space": {"train.lr": {"type": "log_float", "low": 1.0e-4, "high": 3.0e-3}},
+        "trials": 1,  # each worker may still start one: both ask before either's trial exists
+        "sampler": {"kind": "random", "seed": 0},
+        "pruner": {"kind": "none"},
+        "heartbeat_s": 1,
+        "grace_s": 2,
+        "max_retries": 0,
+    }
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    out = tmp_path / "results"
+    storage = f"sqlite:///{out / 't.search' / 'search.db'}"
+    killed: list[tuple[optuna.trial.FrozenTrial, int]] = []
+
+    def kill_a_worker_in_training() -> None:
+        deadline = time.monotonic() + 120
+        while not killed and time.monotonic() < deadline:
+            found = running_trial_in_training(storage, out / "t.search")
+            if found is not None:
+                os.kill(found[1], signal.SIGKILL)
+                killed.append(found)
+            time.sleep(0.1)
+
+    # the search runs in this process (one start of torch fewer), the killer beside it
+    killer = threading.Thread(target=kill_a_worker_in_training)
+    killer.start()
+    try:
+        status = main(["search", str(path), "--out", str(out), "--workers", "2"])
+    finally:
+        killer.join()
+    assert killed, "no worker was killed while training a trial"
+    trial = killed[0][0]
+    err = capsys.readouterr().err
+    assert status == 1, err
+    assert f"worker {trial.user_attrs['worker']} was killed by SIGKILL: trial {trial.number} of study t (run " \
+           f"{trial.user_attrs['run_id']}): FAIL (its worker went silent); not retried" in err  # fmt: skip
+    assert "1 worker(s) died" in err and "Traceback" not in err
+    assert optuna.load_study(study_name="t", storage=storage).trials[trial.number].state == optuna.trial.TrialState.FAIL
+
+
+def running_trial_in_training(storage: str, trials_dir: Path) -> tuple[optuna.trial.FrozenTrial, int] | None:
+    """A RUNNING trial whose run has logged a step, with the pid of the worker training it."""
+    if not list(trials_dir.glob("*/status.json")):
+        return None  # the storage is not opened before a trial exists: its tables may be being created
+    trials = optuna.load_study(study_name="t", storage=storage).trials
+    for trial in trials:
+        run_id = trial.user_attrs.get("run_id")
+        if trial.state != optuna.trial.TrialState.RUNNING or run_id is None:
+            continue
+        record = RunRecord(trials_dir / run_id)
+        status = record.status or {}
+        if status.get("state") == "running" and "pid" in status and logged(record, 2):
+            return trial, status["pid"]
+    return None
+
+
+def test_the_trials_of_a_dead_worker_are_those_it_left_unfinished(tmp_path):
+    """Named: its trial still RUNNING, and its trial failed for silence with the retry's state. Not
+    named: a trial that failed with an error its worker saw, another worker's, and an older one."""
+    suite = tiny_suite(arms={"dynamic": {}}, metrics=["heldout_loss"])
+    space = {"train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-3}}
+    suite["search"] = {"objective": {"metric": "heldout_loss"}, "space": space, "trials": 4}
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    storage = f"sqlite:///{tmp_path / 'search.db'}"
+    study = optuna.create_study(study_name="t", storage=storage)
+    states = optuna.trial.TrialState
+
+    def add(state: optuna.trial.TrialState, worker: int, system_attrs: dict | None = None, **user_attrs) -> None:
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=1.0 if state == states.COMPLETE else None, params={"train.lr": 5.0e-4},
+            distributions={"train.lr": optuna.distributions.FloatDistribution(1.0e-4, 1.0e-3)},
+            user_attrs={"worker": worker, "run_id": f"run{len(study.trials)}", **user_attrs},
+            system_attrs=system_attrs or {},
+        ))  # fmt: skip
+
+    add(states.FAIL, 1)  # 0: from an earlier search
+    time.sleep(0.01)
+    since = datetime.now()
+    add(states.FAIL, 1)  # 1: its worker went silent...
+    add(states.COMPLETE, 0, {"failed_trial": 1, "retry_history": [1]})  # 2: ...retried by worker 0
+    add(states.FAIL, 1, error="ValueError: diverged")  # 3: a failure worker 1 saw
+    add(states.RUNNING, 1)  # 4: left running
+    add(states.RUNNING, 0)  # 5: another worker's
+    assert retry_callback().retried_trial_number(study.trials[2]) == 1
+    lines = dead_worker_trials(load_suite(path), storage, 1, since)
+    assert lines == [
+        "trial 1 of study t (run run1): FAIL (its worker went silent); retried as trial 2, COMPLETE",
+        "trial 4 of study t (run run4): left RUNNING; `harness search` again retries it once it has been silent 180s",
+    ]
