@@ -7,16 +7,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import sys
 from collections.abc import Collection
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
 from harness.config import ConfigError
 from harness.data.sources import DataSourceError
 from harness.inputs import check_output_dir, check_output_file, finite_float, int_at_least
+from harness.interrupt import EXIT_INTERRUPTED, stop_on_signals
 from harness.jobs import LOG_NAME, Tally, set_torch_threads
 from harness.records import RunRecord, find_records
 from harness.suite import Suite, load_suite
@@ -203,7 +204,8 @@ def train_one(run, run_dir: Path, label: str, cache, device, options, progress: 
     try:
         summary = execute_run(run, run_dir, cache, device, progress=progress, options=options)
     except KeyboardInterrupt:
-        print(f"{label}: interrupted; recorded as failed", file=sys.stderr)
+        how = (RunRecord(run_dir).status or {}).get("error") or "KeyboardInterrupt"
+        print(f"{label}: interrupted ({how})", file=sys.stderr)
         return "interrupted"
     except Diverged as err:
         print(f"{label}: DIVERGED: {err}", file=sys.stderr)
@@ -355,10 +357,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                              progress=not args.no_progress)  # fmt: skip
     else:
         set_torch_threads(threads)
-        options = RunOptions(args.compile, args.checkpoint_every, args.keep_checkpoints, args.spike_factor, ranks)
-        tally = _run_sequentially(args, suite, runs, out_root, StageCache(out_root / "_cache"), device, options, where)
+        with stop_on_signals() as stop:  # Ctrl-C or SIGTERM: the run in training stops at a step, checkpointed
+            options = RunOptions(args.compile, args.checkpoint_every, args.keep_checkpoints, args.spike_factor, ranks,
+                                 stop)  # fmt: skip
+            tally = _run_sequentially(args, suite, runs, out_root, StageCache(out_root / "_cache"), device, options,
+                                      where)  # fmt: skip
     if tally.interrupted:
-        return 130
+        return EXIT_INTERRUPTED
     if not ranks.is_main:
         return 0
     return _end_of_run(args, suite, out_root, tally)
@@ -435,19 +440,25 @@ def _decide(run, run_dir: Path, lock) -> tuple[str, list[str]]:
 
 def _run_child(args: argparse.Namespace, suite: Suite) -> int:
     """`--only-run RUN_ID`: train that one run, whose lock the parent `harness run --jobs` holds and
-    shares with this process. Exit status 1 when it failed, 130 when interrupted."""
+    shares with this process. Exit status 1 when it failed, 130 when interrupted (the parent stops it
+    with SIGINT: it checkpoints at the next step and records the run as interrupted)."""
+    found = [run for run in suite.runs if run.run_id == args.only_run]
+    if not found:
+        raise ConfigError("--only-run", "only_run", f"no run {args.only_run} in suite {suite.name}")
+    # a parent started in the background of a non-interactive shell passes SIGINT down as ignored;
+    # the parent stops its children with SIGINT, so take it back
+    with stop_on_signals(take_ignored=True) as stop:
+        return _child_work(args, suite, found[0], stop)
+
+
+def _child_work(args: argparse.Namespace, suite: Suite, run, stop) -> int:
+    """A `--jobs` child's run: trained, or (finished) evaluated on the tasks it lacks; the exit status."""
     import torch
 
     from harness.data.cache import StageCache
     from harness.runner import RunOptions
 
-    found = [run for run in suite.runs if run.run_id == args.only_run]
-    if not found:
-        raise ConfigError("--only-run", "only_run", f"no run {args.only_run} in suite {suite.name}")
-    run, out_root = found[0], Path(args.out)
-    # a parent started in the background of a non-interactive shell passes SIGINT down as ignored;
-    # the parent stops its children with SIGINT, so take it back
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    out_root = Path(args.out)
     set_torch_threads(args.threads or 1)
     device = torch.device(args.device or "cpu")
     tasks = tasks_left(run, suite.run_dir(out_root, run))
@@ -457,20 +468,21 @@ def _run_child(args: argparse.Namespace, suite: Suite) -> int:
             return 0
         print(f"{run.arm} seed={run.seed} ({run.run_id}): evaluating {', '.join(tasks)} on {device}", flush=True)
         outcome = evaluate_one(run, suite.run_dir(out_root, run), run.run_id, tasks, device)
-        return {"evaluated": 0, "interrupted": 130}.get(outcome, 1)
-    options = RunOptions(args.compile, args.checkpoint_every, args.keep_checkpoints, args.spike_factor)
+        return {"evaluated": 0, "interrupted": EXIT_INTERRUPTED}.get(outcome, 1)
+    options = RunOptions(args.compile, args.checkpoint_every, args.keep_checkpoints, args.spike_factor, stop=stop)
     print(f"{run.arm} seed={run.seed} ({run.run_id}): training on {device}, {torch.get_num_threads()} thread(s) "
           f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})", flush=True)  # fmt: skip
     cache, headline = StageCache(out_root / "_cache"), suite.spec.metrics[0]
     outcome = train_one(
         run, suite.run_dir(out_root, run), run.run_id, cache, device, options, not args.no_progress, headline
     )
-    return {"done": 0, "diverged": 0, "failed": 1}.get(outcome, 130)
+    return {"done": 0, "diverged": 0, "failed": 1}.get(outcome, EXIT_INTERRUPTED)
 
 
 def _end_of_run(args: argparse.Namespace, suite: Suite, out_root: Path, tally: Tally) -> int:
-    """The suite's table and report once every run has ended, then what did not go well; exit 1 when a run failed."""
-    if tally.trained == 0 and not tally.failed and not tally.diverged and not tally.busy:
+    """The suite's table and report once every run has ended, then what did not go well; exit 1 when a
+    run failed, 130 when a run's own process was interrupted."""
+    if tally.trained == 0 and not tally.failed and not tally.diverged and not tally.busy and not tally.interrupted_runs:
         if tally.evaluated or tally.not_evaluated:
             done = f", {tally.skipped} already up to date" if tally.skipped else ""
             print(f"nothing trained: {tally.evaluated} finished run(s) evaluated on the task(s) they lacked{done}")
@@ -488,10 +500,15 @@ def _end_of_run(args: argparse.Namespace, suite: Suite, out_root: Path, tally: T
     if tally.not_evaluated:
         print(f"\n{len(tally.not_evaluated)} finished run(s) could not be evaluated: {', '.join(tally.not_evaluated)} "
               "(they stay done; the error is above, or in their output.log)", file=sys.stderr)  # fmt: skip
+    if tally.interrupted_runs:
+        print(f"\n{len(tally.interrupted_runs)} run(s) interrupted: {', '.join(tally.interrupted_runs)} "
+              "(`harness run` again resumes them)", file=sys.stderr)  # fmt: skip
     if tally.failed:
         print(f"\n{len(tally.failed)} run(s) failed: {', '.join(tally.failed)} (see status.json in each)",
               file=sys.stderr)  # fmt: skip
-    return 1 if tally.failed or tally.not_evaluated else 0
+    if tally.failed or tally.not_evaluated:
+        return 1
+    return EXIT_INTERRUPTED if tally.interrupted_runs else 0
 
 
 def _report_after_run(args: argparse.Namespace, out_root: Path) -> None:
@@ -609,6 +626,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if trials is None and not (args.timeout_s or search.timeout_s):
         raise ConfigError(str(suite.path), "search.trials", "give a number of trials or a timeout")
     timeout = args.timeout_s or search.timeout_s
+    died: dict[int, int] = {}  # worker -> exit status, for the workers that did not end well
     if args.worker_index is None:  # the parent checks what the workers will read; they skip it
         check_outputs(args)
         check_corpora(suite, out_root)
@@ -619,14 +637,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         searching.create_studies(suite, storage)
         print(f"search {suite.name}: {trials} trial(s) per study, {args.workers} worker(s), storage {url}")
     if args.workers > 1 and args.worker_index is None:
-        argv = ["search", args.suite, "--storage", url, "--out", args.out, "--workers", "1"]
-        argv += [f"--set={s}" for s in args.set or []]
-        argv += ["--trials", str(trials)] if trials else []
-        argv += ["--timeout-s", str(timeout)] if timeout else []
-        argv += ["--device", args.device] if args.device else []
-        status = searching.spawn_workers(argv, args.workers)
-        if status != 0:
-            print(f"a worker exited with status {status}", file=sys.stderr)
+        died = _search_workers(args, suite, storage, url, trials, timeout)
     else:
         import torch
 
@@ -644,7 +655,29 @@ def cmd_search(args: argparse.Namespace) -> int:
     report_dir = searching.report_dir(out_root, suite, url, args.report_out)
     for line in searching.write_search_report(suite, storage, report_dir, args.set or []):
         print(line)
+    if died:
+        print(f"\n{len(died)} worker(s) died: the search is incomplete or ran trials again (above)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _search_workers(args: argparse.Namespace, suite: Suite, storage, url: str, trials, timeout) -> dict[int, int]:
+    """`harness search --workers N`: N worker processes on the study, waited for. Returns the workers
+    that died (worker -> exit status), each named on stderr with the trials it left unfinished."""
+    from harness import search as searching
+
+    argv = ["search", args.suite, "--storage", url, "--out", args.out, "--workers", "1"]
+    argv += [f"--set={s}" for s in args.set or []]
+    argv += ["--trials", str(trials)] if trials else []
+    argv += ["--timeout-s", str(timeout)] if timeout else []
+    argv += ["--device", args.device] if args.device else []
+    started = datetime.now()  # the trials a dead worker left are among those started since
+    codes = searching.spawn_workers(argv, args.workers)
+    died = {worker: code for worker, code in enumerate(codes) if code != 0}
+    for worker, code in died.items():
+        lost = searching.dead_worker_trials(suite, storage, worker, started) or ["no trial of it was left unfinished"]
+        print(f"worker {worker} {searching.how_it_ended(code)}: " + "; ".join(lost), file=sys.stderr)
+    return died
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -770,7 +803,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for run_dir in args.run_dir:
         try:
             config = evaluation_config(Path(run_dir), changes, args.task)
-            downstream = evaluate_run(Path(run_dir), device, args.task, config=config)
+            with stop_on_signals():  # SIGTERM stops it as Ctrl-C does
+                downstream = evaluate_run(Path(run_dir), device, args.task, config=config)
+        except KeyboardInterrupt as err:
+            print(f"{run_dir}: evaluation interrupted ({err or 'KeyboardInterrupt'}); the fine-tuning seeds "
+                  "finished are kept and `harness eval` again does the rest", file=sys.stderr)  # fmt: skip
+            return EXIT_INTERRUPTED
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             status = 2
@@ -844,6 +882,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
             state = "running? (stale: no live process holds it; `harness run` resumes it)"
         elif state == "failed":
             state += f" ({str(status.get('error', ''))[:60]})"
+        elif state == "interrupted":
+            state += f" at step {status.get('resume_step', 0)} (`harness run` resumes it)"
         rows.append(
             [
                 str(header.get("suite", "?")),
@@ -1050,6 +1090,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # Ctrl-C (or SIGTERM where a command handles it) outside a run
+        print(f"interrupted ({err or 'KeyboardInterrupt'})", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

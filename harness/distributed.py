@@ -43,6 +43,15 @@ class Distributed:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def any(self, flag: bool) -> bool:
+        """Whether any rank's flag is set (a stop must happen at the same step on every rank)."""
+        if not self.enabled:
+            return flag
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+        value = torch.tensor([int(flag)], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
 
 NOT_DISTRIBUTED = Distributed()
 

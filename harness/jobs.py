@@ -38,7 +38,7 @@ LOG_NAME = "output.log"  # a child's stdout and stderr, in its run directory
 POLL_S = 0.25  # how often the parent looks for finished children
 LIVE_EVERY_S = 2.0  # status redrawn in place on a terminal
 PLAIN_EVERY_S = 20.0  # status as a block of lines in a log file
-STOP_WAIT_S = 60.0  # after Ctrl-C, time the children get to record themselves as interrupted
+STOP_WAIT_S = 60.0  # after Ctrl-C, time the children get to finish their step, checkpoint and record it
 
 
 # ------------------------------------------------------------------------------ threads
@@ -119,7 +119,7 @@ def run_progress(run_dir: Path) -> str:
     """What a running run is doing, read from its record: starting, preparing data, step N/M, evaluating."""
     status = RunRecord(run_dir).status or {}
     planned, state = status.get("planned_steps"), status.get("state")
-    if state in ("done", "failed", "diverged"):
+    if state in ("done", "failed", "diverged", "interrupted"):
         return f"{state}, ending"
     if state != "running":
         return "starting"
@@ -207,7 +207,8 @@ class Tally:
     failed: list[str] = field(default_factory=list)
     not_evaluated: list[str] = field(default_factory=list)  # finished runs whose evaluation failed (still done)
     diverged: list[str] = field(default_factory=list)
-    interrupted: bool = False
+    interrupted: bool = False  # the command itself was stopped (Ctrl-C, SIGTERM)
+    interrupted_runs: list[str] = field(default_factory=list)  # runs a signal to their own process stopped
 
 
 @dataclass
@@ -227,8 +228,8 @@ def run_parallel(
     progress: bool = True,
 ) -> Tally:
     """Train `jobs` in at most `slots` children at once, each with `threads` threads. A run already
-    done or locked by another process is skipped, as in sequential mode; Ctrl-C (or SIGTERM) stops
-    every child, which records its run as failed (interrupted)."""
+    done or locked by another process is skipped, as in sequential mode; Ctrl-C (or SIGTERM) is passed
+    on to every child, which checkpoints at its next step and records its run as interrupted."""
     tally = Tally()
     board = Board(progress)
     queue = list(jobs)
@@ -327,6 +328,10 @@ def _collect(child: _Child, tally: Tally, board: Board, done_line: Callable[[str
         tally.diverged.append(job.run_id)
         board.event(f"{job.label}: DIVERGED: {status.get('error', '')}", error=True)
         return
+    if status.get("state") == "interrupted":  # its process alone was signalled
+        tally.interrupted_runs.append(job.run_id)
+        board.event(f"{job.label}: interrupted ({status.get('error', '')})", error=True)
+        return
     if status.get("state") != "failed":  # it died before it could record anything (killed, out of memory)
         how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
         record.set_status("failed", error=f"its process {how} without recording a result")
@@ -343,8 +348,9 @@ def _signal(child: _Child, number: int) -> None:
 
 
 def _stop(running: list[_Child], board: Board) -> None:
-    """Ctrl-C: each child is interrupted and records its run as failed; one that does not end within
-    STOP_WAIT_S (or at a second Ctrl-C) is killed."""
+    """Ctrl-C: each child is interrupted, checkpoints at its next step and records its run as
+    interrupted; one that does not end within STOP_WAIT_S (or at a second Ctrl-C) is killed, and its
+    run recorded interrupted here (it resumes from its last periodic checkpoint)."""
     for child in running:
         _signal(child, signal.SIGINT)
     deadline = time.monotonic() + STOP_WAIT_S
@@ -364,9 +370,19 @@ def _stop(running: list[_Child], board: Board) -> None:
             board.event(f"{child.job.label}: evaluation interrupted (the run stays done)", error=True)
             continue
         record = RunRecord(child.job.run_dir)
-        if (record.status or {}).get("state") == "running":  # killed before it recorded the interruption
-            record.set_status("failed", error="KeyboardInterrupt: killed", interrupted=True)
-        board.event(f"{child.job.label}: interrupted; recorded as failed", error=True)
+        if (record.status or {}).get("state") in ("pending", "running"):  # killed before it recorded anything
+            _record_killed(record)
+        board.event(f"{child.job.label}: interrupted ({(record.status or {}).get('error', '')})", error=True)
+
+
+def _record_killed(record: RunRecord) -> None:
+    """A child killed after Ctrl-C before it could stop: interrupted, resumed from its latest checkpoint."""
+    from harness.checkpoint import Checkpointer
+
+    found = Checkpointer(record.dir / "checkpoints", 0).latest()
+    step = found.step if found is not None else 0
+    record.set_status("interrupted", error=f"SIGINT: its process was killed before it stopped; the next attempt "
+                      f"resumes from step {step}", signal="SIGINT", resume_step=step)  # fmt: skip
 
 
 @contextmanager

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
-STATES = ("pending", "running", "done", "failed", "diverged", "pruned")  # pruned: stopped early by a search
+# pruned: stopped early by a search; interrupted: stopped by SIGINT/SIGTERM, resumed by the next `harness run`
+STATES = ("pending", "running", "done", "failed", "diverged", "pruned", "interrupted")
 
 
 @functools.cache

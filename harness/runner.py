@@ -11,6 +11,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,12 @@ from harness.data.tokenizer import SpecialTokens, special_tokens, unknown_token_
 from harness.distributed import NOT_DISTRIBUTED, Distributed
 from harness.evaluate import evaluate_downstream, fixed_mask_batches, flat_downstream_metrics, heldout_mlm
 from harness.integrity import CHECKPOINT_FILES, checkpoint_problem, write_contents
+from harness.interrupt import StopSignals
 from harness.model import PretrainingModel, plain_state_dict
 from harness.records import SCHEMA_VERSION, RunRecord, plain_mode
 from harness.references import bits_per_byte, heldout_references
 from harness.suite import Run
-from harness.train import Diverged, RunGuards, TrainResult, planned_steps, train
+from harness.train import Diverged, Interrupted, RunGuards, TrainResult, planned_steps, train
 
 
 def code_version() -> str:
@@ -244,6 +246,8 @@ class RunOptions:
     keep_checkpoints: int = 2
     spike_factor: float = 0.0  # loss > factor x recent median stops the run as diverged (0: off)
     distributed: Distributed = NOT_DISTRIBUTED
+    # SIGINT/SIGTERM as a stop at the next step boundary (harness/interrupt.py); None: Python's own handling
+    stop: StopSignals | None = None
 
 
 def execute_run(
@@ -258,9 +262,10 @@ def execute_run(
 ) -> dict[str, Any] | None:
     """Train and evaluate one run, recording everything under run_dir. A run with a checkpoint
     continues from it. Raises on failure after recording the run as failed (or diverged, or pruned)
-    with its error. `on_eval` sees every held-out evaluation during training and may raise RunPruned
-    to stop the run. Under torchrun every rank trains; rank 0 alone records, evaluates and returns
-    the summary (the others return None)."""
+    with its error, and on KeyboardInterrupt (Interrupted: stopped at a step boundary by
+    `options.stop`) after recording it as interrupted. `on_eval` sees every held-out evaluation
+    during training and may raise RunPruned to stop the run. Under torchrun every rank trains; rank 0
+    alone records, evaluates and returns the summary (the others return None)."""
     options = options or RunOptions()
     config, pretrained = run.config, pretrains(run.config)
     checkpointer = Checkpointer(run_dir / "checkpoints", options.checkpoint_every, options.keep_checkpoints)
@@ -296,6 +301,10 @@ def execute_run(
         # the training state is only for resuming; the finished model is in checkpoint/
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         return summary
+    except KeyboardInterrupt as err:
+        if record is not None:
+            record_interruption(record, err, checkpointer, options.stop)
+        raise
     except BaseException as err:
         if record is not None:
             record_failure(record, err)
@@ -410,15 +419,18 @@ def pretrain(
     options: RunOptions,
 ) -> TrainResult:
     """Pretraining with held-out evaluations along the way; a control skips it."""
-    ranks = options.distributed
+    ranks, stop = options.distributed, options.stop
     guards = RunGuards(checkpointer, options.spike_factor, distributed=ranks)
     if not pretrains(config):  # a control: not one optimizer step, so no training loss either
         model.to(device)
         return TrainResult(steps=0, tokens_seen=0, sequences_seen=0, train_loss=math.nan, wall_s=0.0, train_s=0.0)
-    return train(
-        model, batches, config.train, steps, device, log_metrics, evaluate_heldout, progress and ranks.is_main,
-        options.compile_model, guards,
-    )  # fmt: skip
+    if stop is not None:  # a signal while training stops it at the next step boundary, checkpointed
+        guards.stop_requested = stop.requested
+    with stop.deferred() if stop is not None else nullcontext():
+        return train(
+            model, batches, config.train, steps, device, log_metrics, evaluate_heldout, progress and ranks.is_main,
+            options.compile_model, guards,
+        )  # fmt: skip
 
 
 def final_row(result: TrainResult, heldout: dict[str, float]) -> dict[str, Any]:
@@ -493,13 +505,28 @@ def environment(device: torch.device, options: RunOptions) -> dict[str, Any]:
 
 def record_failure(record: RunRecord, err: BaseException) -> None:
     """The run's status after `err`: pruned (a search stopped it), diverged (with what the guards
-    saw) or failed; Ctrl-C is a failure marked interrupted. Call it while handling `err`: the
-    traceback recorded is the one being handled."""
+    saw) or failed. Call it while handling `err`: the traceback recorded is the one being handled."""
     state = "pruned" if isinstance(err, RunPruned) else "diverged" if isinstance(err, Diverged) else "failed"
     record.set_status(
         state,
         error=f"{type(err).__name__}: {err}",
         traceback=traceback.format_exc(limit=20),
-        interrupted=isinstance(err, KeyboardInterrupt),
         **({"divergence": err.details} if isinstance(err, Diverged) else {}),
+    )
+
+
+def record_interruption(
+    record: RunRecord, err: KeyboardInterrupt, checkpointer: Checkpointer, stop: StopSignals | None
+) -> None:
+    """The run's status after Ctrl-C or SIGTERM: interrupted, not failed, with the signal, where it
+    stopped and the step the next attempt resumes from (its latest checkpoint; 0: the start)."""
+    cause = (stop.received if stop is not None else None) or "KeyboardInterrupt"
+    where = str(err) if isinstance(err, Interrupted) else "stopped at once"
+    found = checkpointer.latest()
+    resume_step = found.step if found is not None else 0
+    record.set_status(
+        "interrupted",
+        error=f"{cause}: {where}; the next attempt resumes from step {resume_step}",
+        signal=cause,
+        resume_step=resume_step,
     )

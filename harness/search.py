@@ -5,7 +5,9 @@ results/<suite>.search/<run-id> and tagged with its study and trial number, so `
 `harness report` and the run cache work on trials as on any run. The study lives in an RDB
 storage: an SQLite file beside the results by default, or any SQLAlchemy URL (PostgreSQL) so
 workers on many machines share one study. Trials of dead workers are detected by heartbeat and
-retried; failed or diverged trials are marked failed, never crash the search.
+retried; failed or diverged trials are marked failed, never crash the search. A trial that fails
+carries its error (user attribute `error`): one failed without it was left by a worker that died, and
+`harness search` names it when one of its workers died (exit 1).
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import copy
 import hashlib
 import math
 import re
+import signal
 import subprocess
 import sys
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -201,13 +205,20 @@ def make_objective(ctx: TrialContext) -> Callable[[Any], float]:
     maximize = direction(search) == "maximize"
 
     def objective(trial) -> float:
+        trial.set_user_attr("worker", ctx.worker)
+        try:
+            return _trial_value(trial)
+        except Exception as err:  # a failure its worker saw, unlike one left by a dead worker (dead_worker_trials)
+            trial.set_user_attr("error", f"{type(err).__name__}: {err}")
+            raise
+
+    def _trial_value(trial) -> float:
         params = {path: suggest(trial, path, space) for path, space in search.space.items()}
         config = validate_run_config(trial_config(ctx.base_run, params, search, str(ctx.suite.path)), "trial")
         tags = {"study": ctx.study_name, "trial": trial.number}
         run = Run(f"{ctx.suite.name}{SEARCH_SUFFIX}", ctx.arm, ctx.base_run.seed, config, tags)
         run_dir = ctx.out_dir / run.run_id
         trial.set_user_attr("run_id", run.run_id)
-        trial.set_user_attr("worker", ctx.worker)
         record = RunRecord(run_dir)
         lock = RunLock(run_dir)
         lock.acquire(wait=True)  # another worker may be training this very config: wait, then reuse its result
@@ -331,18 +342,56 @@ def _expected_reports(base_run: Run, search: SearchSpec) -> int:
     return max(1, total // search.report_every_tokens)
 
 
-def spawn_workers(argv: list[str], workers: int) -> int:
+def spawn_workers(argv: list[str], workers: int) -> list[int]:
     """Run `workers` copies of this search as separate processes (worker k = --worker-index k) and
-    wait for all; returns the worst exit status."""
+    wait for all; returns their exit statuses, worker by worker (negative: killed by that signal)."""
     processes = [
         subprocess.Popen([sys.executable, "-m", "harness", *argv, "--worker-index", str(k)]) for k in range(workers)
     ]
     try:
-        return max(p.wait() for p in processes)
+        return [p.wait() for p in processes]
     except KeyboardInterrupt:
         for p in processes:
             p.terminate()
         raise
+
+
+def how_it_ended(code: int) -> str:
+    """A process's exit status in words: "killed by SIGKILL", "exited with status 1"."""
+    if code >= 0:
+        return f"exited with status {code}"
+    try:
+        return f"was killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"was killed by signal {-code}"
+
+
+def dead_worker_trials(suite: Suite, storage, worker: int, since: datetime) -> list[str]:
+    """What became of the trials worker `worker` left unfinished when it died (those it started since
+    `since`): one line each. A trial its worker saw fail carries an `error` and is not one of them."""
+    optuna = _optuna()
+    states = optuna.trial.TrialState
+    lines = []
+    for name in study_names(suite).values():
+        trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+        retries = {retry_callback().retry_history(t)[-1]: t for t in trials if retry_callback().retry_history(t)}
+        for trial in trials:
+            attrs = trial.user_attrs
+            if attrs.get("worker") != worker or "error" in attrs or trial.state not in (states.RUNNING, states.FAIL):
+                continue
+            if trial.datetime_start is not None and trial.datetime_start >= since:
+                lines.append(_left_trial(trial, name, retries.get(trial.number), suite.spec.search))
+    return lines
+
+
+def _left_trial(trial, study: str, retry, search: SearchSpec) -> str:
+    """A dead worker's trial in words: which it is, its state now, and its retry if any."""
+    what = f"trial {trial.number} of study {study} (run {trial.user_attrs.get('run_id', 'not yet named')})"
+    if trial.state == _optuna().trial.TrialState.RUNNING:
+        return f"{what}: left RUNNING; `harness search` again retries it once it has been silent {search.grace_s}s"
+    if retry is not None:
+        return f"{what}: FAIL (its worker went silent); retried as trial {retry.number}, {retry.state.name}"
+    return f"{what}: FAIL (its worker went silent); not retried (max_retries {search.max_retries} reached)"
 
 
 # ------------------------------------------------------------------------------ after a search

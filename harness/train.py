@@ -165,6 +165,15 @@ class Prefetcher:
         self._thread.join(timeout=5)
 
 
+class Interrupted(KeyboardInterrupt):
+    """A stop was requested (SIGINT/SIGTERM): training stopped at the boundary after `step`, having
+    checkpointed there when it has a checkpointer."""
+
+    def __init__(self, step: int, total_steps: int):
+        super().__init__(f"stopped at step {step} of {total_steps}")
+        self.step = step
+
+
 class Diverged(FloatingPointError):
     """The loss became NaN/inf or spiked: the run stops, recorded as diverged with its last good step."""
 
@@ -226,6 +235,8 @@ class RunGuards:
     spike_factor: float = 0.0  # stop as diverged when the loss exceeds factor x the recent median (0: off)
     min_micro_batch: int = 1  # out-of-memory halving stops here and the run fails
     distributed: Distributed = NOT_DISTRIBUTED
+    # polled at every step boundary: True stops the run there, checkpointed (harness/interrupt.py)
+    stop_requested: Callable[[], bool] = lambda: False
 
 
 SPIKE_WINDOW = 50
@@ -268,8 +279,12 @@ def train(
             # the evaluation after the last step is the caller's
             if evaluate is not None and due(state.step, config.eval_every) and state.step < total_steps:
                 log_heldout(setup, evaluate, state, clock)
-            if guards.checkpointer is not None and guards.checkpointer.due(state.step, total_steps):
+            stopping = state.step < total_steps and ranks.any(guards.stop_requested())
+            if guards.checkpointer is not None and (stopping or guards.checkpointer.due(state.step, total_steps)):
                 save_checkpoint(setup, state, upcoming.position)
+            if stopping:
+                report.bar.close()
+                raise Interrupted(state.step, total_steps)
             report.bar.update(1)
         report.bar.close()
         return TrainResult(
