@@ -80,9 +80,24 @@ def task_identity(config: dict[str, Any], task: str) -> dict[str, Any]:
             "protocol": protocol,
             "dev_split": (evaluation.get("dev_splits") or {}).get(task),
             "files": (evaluation.get("task_files") or {}).get(task),
-            "pair_segment": 0 if pair_segment(config) == 0 and segments(config) > 1 else None,
+            "pair_segment": 0
+            if _is_pair(task, declared) and pair_segment(config) == 0 and segments(config) > 1
+            else None,
         }
     )
+
+
+def _is_pair(task: str, declared: dict[str, Any] | None) -> bool:
+    """Whether the task reads two texts (span extraction: a question and a context)."""
+    from harness.squad import SPAN_TASKS
+    from harness.taskdef import TaskDef
+    from harness.tasks import TASKS
+
+    if task in SPAN_TASKS:
+        return True
+    if declared is not None:
+        return TaskDef.model_validate(declared).is_pair
+    return TASKS[task].is_pair
 
 
 def segments(config: dict[str, Any]) -> int:

@@ -47,6 +47,7 @@ def test_task_keys_change_only_where_the_pair_input_changed():
     roberta = run_config("full_sentences").model_dump(mode="json")
     assert "pair_segment" not in task_identity(bert, "synthetic-pair")  # BERT's keys are as before
     assert task_identity(roberta, "synthetic-pair")["pair_segment"] == 0
+    assert "pair_segment" not in task_identity(roberta, "synthetic-topic")  # one text: nothing changed
     one_segment_model = run_config("full_sentences", token_types=1).model_dump(mode="json")
     assert "pair_segment" not in task_identity(one_segment_model, "synthetic-pair")  # segment 0 before too
 
