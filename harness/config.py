@@ -7,7 +7,6 @@ at load time (the run id) stays true for the whole run.
 
 from __future__ import annotations
 
-import codecs
 import copy
 import glob
 import hashlib
@@ -20,7 +19,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from harness.inputs import yaml_problem
-from harness.schema import ConfigError, Schema
+from harness.schema import ConfigError, Schema, known_encoding
 from harness.taskdef import TaskDef
 
 if TYPE_CHECKING:
@@ -127,12 +126,7 @@ class FilesCorpus(Schema):
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                codecs.lookup(value)
-            except LookupError:
-                raise ValueError(f"unknown encoding {value!r} (e.g. utf-8, utf-8-sig, latin-1, cp1252)") from None
-        return value
+        return known_encoding(value)
 
     @field_validator("paths")
     @classmethod

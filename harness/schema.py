@@ -3,6 +3,8 @@ re-exports both; task definitions, harness/taskdef.py, use them too)."""
 
 from __future__ import annotations
 
+import codecs
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -20,3 +22,13 @@ class Schema(BaseModel):
     # allow_inf_nan: a YAML `.inf` or `nan` in any float field is refused at load, not met as a
     # diverged run (an infinite lr) or a silent no-op hours later
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def known_encoding(value: str | None) -> str | None:
+    """A text encoding field's value, refused unless Python knows the codec (None: utf-8)."""
+    if value is not None:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r} (e.g. utf-8, utf-8-sig, latin-1, cp1252)") from None
+    return value

@@ -10,14 +10,13 @@ the data itself is checked by harness/tasks.py before any training.
 
 from __future__ import annotations
 
-import codecs
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from harness.metrics import METRICS
-from harness.schema import Schema
+from harness.schema import Schema, known_encoding
 
 FORMATS = ("tsv", "csv", "jsonl", "json")
 SUFFIX_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "json"}
@@ -84,12 +83,7 @@ class Reading(Fields):
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                codecs.lookup(value)
-            except LookupError:
-                raise ValueError(f"unknown encoding {value!r} (e.g. utf-8, utf-8-sig, latin-1, cp1252)") from None
-        return value
+        return known_encoding(value)
 
     @field_validator("delimiter")
     @classmethod
