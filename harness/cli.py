@@ -722,7 +722,8 @@ def cmd_bench_jobs(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, flush=True)
 
-    report = bench_jobs(args.suite, args.set or [], args.arm or [], args.jobs, args.rounds, conditions, json_path, log)
+    report = bench_jobs(args.suite, args.set or [], args.arm or [], args.jobs, args.rounds, conditions, json_path, log,
+                        side_limit_s=args.side_limit_s)  # fmt: skip
     print(summarize_jobs(report))
     if json_path:
         print(f"written: {json_path}")
@@ -1021,6 +1022,12 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--jobs", type=int_at_least(2), default=2, help="the parallel side (default 2)")
     jobs.add_argument("--rounds", type=int_at_least(1), default=1, help="pairs per condition (default 1)")
     jobs.add_argument("--conditions", default="quiet,busy", help="quiet, busy or both (default quiet,busy)")
+    jobs.add_argument(
+        "--side-limit-s",
+        type=finite_float(above=0),
+        help="stop a side after this many seconds and record it as censored: a bound on the speedup, not a "
+        "speedup (--jobs 1 beside a busy process can take hours)",
+    )
     jobs.add_argument("--json", help="write the results here (results/bench/jobs.json)")
     jobs.set_defaults(func=cmd_bench_jobs)
 

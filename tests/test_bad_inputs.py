@@ -352,6 +352,10 @@ def bench_jobs_rounds_zero(inputs: Path):
     return ["bench", "jobs", str(_suite(inputs)), "--rounds", "0"], ["--rounds", ">= 1"]
 
 
+def bench_jobs_side_limit_zero(inputs: Path):
+    return ["bench", "jobs", str(_suite(inputs)), "--side-limit-s", "0"], ["--side-limit-s", "> 0"]
+
+
 # --------------------------------------------------------------------------------------- records
 
 
@@ -432,7 +436,7 @@ BAD_INPUTS: list[Setup] = [
     threads_not_a_number, spike_factor_nan, spike_factor_below_one, gpus_empty, out_is_a_file, out_below_a_file,
     report_out_is_a_file, device_unknown, data_epochs_zero, data_empty_corpus, search_without_a_search_section,
     search_workers_zero, search_trials_zero, search_timeout_infinite, bench_steps_zero, bench_warmup_zero,
-    bench_json_below_a_file, bench_jobs_rounds_zero,
+    bench_json_below_a_file, bench_jobs_rounds_zero, bench_jobs_side_limit_zero,
     # records
     eval_of_a_directory_without_a_run, export_of_a_directory_without_a_run, export_out_is_a_file,
     report_out_is_a_file_too, curves_out_below_a_file, index_out_is_a_directory, ls_of_a_file,

@@ -161,7 +161,7 @@ def test_the_jobs_benchmark_pairs_the_two_sides_and_alternates_their_order(tmp_p
 
     calls = []
 
-    def fake_measure(suite, overrides, arms, jobs):
+    def fake_measure(suite, overrides, arms, jobs, limit_s):
         calls.append(jobs)
         return {"jobs": jobs, "wall_s": 30.0 if jobs == 1 else 10.0, "runs": 2, "threads_per_run": [2 // jobs]}
 
@@ -171,3 +171,41 @@ def test_the_jobs_benchmark_pairs_the_two_sides_and_alternates_their_order(tmp_p
     assert [(p["condition"], p["speedup"]) for p in report["pairs"]] == [("quiet", 3.0), ("busy", 3.0)] * 2
     assert report["median_speedup"] == {"quiet": 3.0, "busy": 3.0}
     assert yaml.safe_load((tmp_path / "jobs.json").read_text()) == report
+
+
+def test_a_side_past_its_limit_gives_a_bound_on_the_speedup_and_no_median(tmp_path):
+    from harness.bench_jobs import bench_jobs, summarize_jobs
+
+    def fake_measure(suite, overrides, arms, jobs, limit_s):
+        assert limit_s == 100.0
+        if jobs == 1:  # the sequential side runs past its limit
+            return {"jobs": 1, "wall_s": None, "stopped_after_s": 100.4, "runs": 4, "runs_done": 1,
+                    "threads_per_run": [2]}  # fmt: skip
+        return {"jobs": jobs, "wall_s": 25.1, "runs": 4, "runs_done": 4, "threads_per_run": [1]}
+
+    report = bench_jobs("s.yaml", [], [], jobs=2, conditions=("busy",), json_path=tmp_path / "jobs.json",
+                        log=lambda line: None, measure=fake_measure, side_limit_s=100.0)  # fmt: skip
+    (pair,) = report["pairs"]
+    assert "speedup" not in pair and pair["sequential_s"] is None
+    assert pair["speedup_at_least"] == 4.0 and pair["sequential_stopped_after_s"] == 100.4
+    assert report["median_speedup"] == {}, "a bound is not a speedup"
+    assert report["side_limit_s"] == 100.0
+    assert "> 100.4s (stopped) vs 25.1s, speedup at least 4.00x" in summarize_jobs(report)
+
+
+def test_a_real_side_stopped_at_its_limit_records_its_runs_as_interrupted(tmp_path, monkeypatch):
+    from harness import bench_jobs
+
+    kept = {}
+    real_rmtree = bench_jobs.shutil.rmtree
+
+    def keep_states(path, ignore_errors=False):  # read the records before the temporary folder goes
+        kept["states"] = sorted(r.status["state"] for r in bench_jobs.find_records(Path(path)))
+        real_rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(bench_jobs.shutil, "rmtree", keep_states)
+    path = two_by_two(tmp_path, steps=5000)
+    measured = bench_jobs.measure_suite(str(path), [], ["a"], 1, limit_s=15.0)
+    assert measured["wall_s"] is None and measured["stopped_after_s"] >= 15.0
+    assert (measured["runs"], measured["runs_done"]) == (2, 0)
+    assert kept["states"] == ["interrupted", "pending"], "the running run checkpointed and said so"
