@@ -174,18 +174,16 @@ def child_run_argv(args: argparse.Namespace, device_type: str, *extra: str) -> l
 
 def run_on_gpus(args: argparse.Namespace, gpus: list[str]) -> int:
     """One `harness run` per GPU, each with its own shard of the suite, side by side."""
-    import subprocess
-
-    from harness.jobs import child_environment, threads_per_run, usable_cores
+    from harness.jobs import child_environment, run_side_by_side, threads_per_run, usable_cores
 
     threads = threads_per_run(usable_cores(), len(gpus), args.threads)
-    processes = []
+    commands = []
     for position, gpu in enumerate(gpus, 1):
         env = {**child_environment(os.environ, threads), "CUDA_VISIBLE_DEVICES": gpu}
         argv = child_run_argv(args, "cuda", "--shard", f"{position}/{len(gpus)}", "--threads", str(threads))
-        processes.append(subprocess.Popen(argv, env=env))
-    status = max(p.wait() for p in processes)
-    if not args.no_report:
+        commands.append((argv, env))
+    status = run_side_by_side(commands)
+    if not args.no_report and status != EXIT_INTERRUPTED:
         _report_after_run(args, Path(args.out))
     return status
 

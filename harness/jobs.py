@@ -385,6 +385,44 @@ def _record_killed(record: RunRecord) -> None:
                       f"resumes from step {step}", signal="SIGINT", resume_step=step)  # fmt: skip
 
 
+def combined_exit_status(codes: list[int]) -> int:
+    """One exit status for processes run side by side: 130 when any was interrupted (the work resumes),
+    1 when any was killed by a signal (a negative returncode, which max() would read as success),
+    else the largest."""
+    from harness.interrupt import EXIT_INTERRUPTED
+
+    if EXIT_INTERRUPTED in codes:
+        return EXIT_INTERRUPTED
+    if any(code < 0 for code in codes):
+        return 1
+    return max(codes, default=0)
+
+
+def run_side_by_side(commands: list[tuple[list[str], dict[str, str]]]) -> int:
+    """Start every (argv, environment) at once, each in its own session, and wait for all. Each Ctrl-C
+    or SIGTERM to this process is passed on to each once, as SIGINT: the first makes each stop at its
+    next step with a checkpoint, a second stops them at once (in one process group a terminal's Ctrl-C
+    would reach every process directly as well, so each would see it twice)."""
+    from harness.interrupt import EXIT_INTERRUPTED
+
+    processes = [subprocess.Popen(argv, env=env, start_new_session=True) for argv, env in commands]
+    interrupted = False
+    with _sigterm_as_interrupt():
+        while True:
+            try:
+                codes = [process.wait() for process in processes]
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+                for process in processes:
+                    if process.poll() is None:
+                        try:
+                            os.killpg(process.pid, signal.SIGINT)
+                        except ProcessLookupError:
+                            pass
+    return EXIT_INTERRUPTED if interrupted else combined_exit_status(codes)
+
+
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM stops the children as Ctrl-C does, rather than leaving them to run on alone."""

@@ -209,3 +209,41 @@ def test_a_real_side_stopped_at_its_limit_records_its_runs_as_interrupted(tmp_pa
     assert measured["wall_s"] is None and measured["stopped_after_s"] >= 15.0
     assert (measured["runs"], measured["runs_done"]) == (2, 0)
     assert kept["states"] == ["interrupted", "pending"], "the running run checkpointed and said so"
+
+
+def test_side_by_side_exit_status_counts_a_killed_process_as_a_failure():
+    # a negative returncode (killed by a signal) is smaller than 0: max() read it as success
+    assert jobs.combined_exit_status([0, -9]) == 1
+    assert jobs.combined_exit_status([0, 0]) == 0
+    assert jobs.combined_exit_status([2, 0]) == 2
+    assert jobs.combined_exit_status([1, 130]) == 130, "an interrupted shard means: run again to resume"
+
+
+def test_side_by_side_passes_sigterm_on_once_and_reports_the_interruption(tmp_path):
+    # each child counts the SIGINTs it gets and ends after 1 s of quiet; the parent is sent SIGTERM
+    child = (
+        "import signal, sys, time\n"
+        "seen = []\n"
+        "signal.signal(signal.SIGINT, lambda *a: seen.append(time.monotonic()))\n"
+        "open(sys.argv[1] + '.ready', 'w').close()\n"
+        "deadline = time.monotonic() + 30\n"
+        "while time.monotonic() < deadline and not (seen and time.monotonic() - seen[-1] > 1):\n"
+        "    time.sleep(0.05)\n"
+        "open(sys.argv[1], 'w').write(str(len(seen)))\n"
+    )
+    parent = (
+        "import sys\n"
+        "from harness.jobs import run_side_by_side\n"
+        f"child = {child!r}\n"
+        "marks = sys.argv[1:]\n"
+        "sys.exit(run_side_by_side([([sys.executable, '-c', child, m], None) for m in marks]))\n"
+    )
+    marks = [str(tmp_path / "a"), str(tmp_path / "b")]
+    process = subprocess.Popen([sys.executable, "-c", parent, *marks])
+    deadline = time.monotonic() + 60
+    while not all(Path(m + ".ready").exists() for m in marks):
+        assert time.monotonic() < deadline, "children never started"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 130
+    assert [Path(m).read_text() for m in marks] == ["1", "1"], "each child got exactly one SIGINT"
