@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from harness.jobs import usable_cores
+from harness.jobs import STOP_WAIT_S, usable_cores
 from harness.records import atomic_write_json, find_records
 
 CONDITIONS = ("quiet", "busy")
@@ -52,7 +52,9 @@ def busy_process(active: bool) -> Iterator[None]:
         spinner.wait()
 
 
-STOP_GRACE_S = 180.0  # a stopped side's runs get this long to checkpoint and record themselves
+# a stopped side's runs get this long to checkpoint and record themselves: a `--jobs` parent gives its
+# children STOP_WAIT_S before it kills them, and then records what they left
+STOP_GRACE_S = STOP_WAIT_S + 120.0
 
 
 def measure_suite(
@@ -183,9 +185,9 @@ def bench_jobs(
                 measured.update({"round": round_number, "condition": condition, "load_before": round(load, 2)})
                 report["measurements"].append(measured)
                 sides[side] = measured
-                took = (f"{measured['wall_s']:.1f}s" if measured["wall_s"] is not None else
-                        f"stopped after {measured['stopped_after_s']:.1f}s, {measured['runs_done']} of "
-                        f"{measured['runs']} runs done")  # fmt: skip
+                took = _took(measured["wall_s"], measured.get("stopped_after_s"))
+                if measured["wall_s"] is None:
+                    took += f", {measured['runs_done']} of {measured['runs']} runs done"
                 log(f"round {round_number + 1}/{rounds}, {condition}, --jobs {side}: {took} "
                     f"({measured['runs']} runs, {measured['threads_per_run']} thread(s) per run)")  # fmt: skip
             report["pairs"].append(pair_of(condition, round_number, sides[1], sides[jobs]))
@@ -206,9 +208,12 @@ def summarize_jobs(report: dict[str, Any]) -> str:
 
 
 def _side(pair: dict[str, Any], side: str) -> str:
-    if pair[f"{side}_s"] is not None:
-        return f"{pair[f'{side}_s']:.1f}s"
-    return f"> {pair[f'{side}_stopped_after_s']:.1f}s (stopped)"
+    return _took(pair[f"{side}_s"], pair.get(f"{side}_stopped_after_s"))
+
+
+def _took(wall_s: float | None, stopped_after_s: float | None) -> str:
+    """A side's wall time, or, for a side stopped at its limit, the bound on it."""
+    return f"{wall_s:.1f}s" if wall_s is not None else f"> {stopped_after_s:.1f}s (stopped)"
 
 
 def _speedup(pair: dict[str, Any]) -> str:

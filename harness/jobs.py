@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.interrupt import EXIT_INTERRUPTED
 from harness.records import RunLock, RunRecord
 
 LOG_NAME = "output.log"  # a child's stdout and stderr, in its run directory
@@ -341,8 +342,13 @@ def _collect(child: _Child, tally: Tally, board: Board, done_line: Callable[[str
 
 
 def _signal(child: _Child, number: int) -> None:
+    signal_session(child.process, number)
+
+
+def signal_session(process: subprocess.Popen, number: int) -> None:
+    """Signal a child started in its own session: it and anything it started (gone already: nothing)."""
     try:
-        os.killpg(child.process.pid, number)  # the child's own session: it and anything it started
+        os.killpg(process.pid, number)
     except ProcessLookupError:
         pass
 
@@ -389,8 +395,6 @@ def combined_exit_status(codes: list[int]) -> int:
     """One exit status for processes run side by side: 130 when any was interrupted (the work resumes),
     1 when any was killed by a signal (a negative returncode, which max() would read as success),
     else the largest."""
-    from harness.interrupt import EXIT_INTERRUPTED
-
     if EXIT_INTERRUPTED in codes:
         return EXIT_INTERRUPTED
     if any(code < 0 for code in codes):
@@ -398,13 +402,11 @@ def combined_exit_status(codes: list[int]) -> int:
     return max(codes, default=0)
 
 
-def run_side_by_side(commands: list[tuple[list[str], dict[str, str]]]) -> int:
+def run_side_by_side(commands: list[tuple[list[str], Mapping[str, str] | None]]) -> int:
     """Start every (argv, environment) at once, each in its own session, and wait for all. Each Ctrl-C
     or SIGTERM to this process is passed on to each once, as SIGINT: the first makes each stop at its
     next step with a checkpoint, a second stops them at once (in one process group a terminal's Ctrl-C
     would reach every process directly as well, so each would see it twice)."""
-    from harness.interrupt import EXIT_INTERRUPTED
-
     processes = [subprocess.Popen(argv, env=env, start_new_session=True) for argv, env in commands]
     interrupted = False
     with _sigterm_as_interrupt():
@@ -416,10 +418,7 @@ def run_side_by_side(commands: list[tuple[list[str], dict[str, str]]]) -> int:
                 interrupted = True
                 for process in processes:
                     if process.poll() is None:
-                        try:
-                            os.killpg(process.pid, signal.SIGINT)
-                        except ProcessLookupError:
-                            pass
+                        signal_session(process, signal.SIGINT)
     return EXIT_INTERRUPTED if interrupted else combined_exit_status(codes)
 
 
