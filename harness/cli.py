@@ -560,7 +560,10 @@ def cmd_curves(args: argparse.Namespace) -> int:
         if not Path(directory).is_dir():
             raise ConfigError(directory, "", "not a results directory")
     check_output_file(args.out, "--out")
-    document = write_curves([Path(d) for d in args.dirs], Path(args.out))
+    problems: list[str] = []
+    document = write_curves([Path(d) for d in args.dirs], Path(args.out), problems)
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
     if not document["runs"]:
         print(f"error: no finished runs under {', '.join(args.dirs)}", file=sys.stderr)
         return 2
