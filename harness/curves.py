@@ -13,19 +13,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-from harness.records import kind_of, read_jsonl, read_record
+from harness.records import is_json_number, kind_of, read_jsonl, read_record
 
 ACCURACY_MARKS = (0.15, 0.20, 0.25, 0.30)
 CURVE_KEYS = ("step", "tokens", "train_s", "heldout_loss", "heldout_acc", "heldout_bpb")
+FINAL_KEYS = ("heldout_loss", "heldout_acc", "heldout_bpb")
 
 
 class MalformedRun(ValueError):
     """A run record whose files hold the wrong shape of JSON: named by file, skipped, reported."""
-
-
-def _number(value: Any) -> bool:
-    """A JSON number, NaN included (a diverged run logs one); not a boolean, string or container."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _object(document: dict[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -52,8 +48,8 @@ def _points(run_dir: Path) -> list[dict[str, Any]]:
         if "heldout_loss" not in row:
             continue
         point = {k: row[k] for k in CURVE_KEYS if k in row}
-        wrong = [k for k, v in point.items() if not (_number(v) or v is None)]
-        if wrong or not _number(point.get("tokens")):
+        wrong = [k for k, v in point.items() if not (is_json_number(v) or v is None)]
+        if wrong or not is_json_number(point.get("tokens")):
             what = f"{', '.join(wrong)} not a number" if wrong else "no tokens"
             raise MalformedRun(f"metrics.jsonl: a held-out row at step {row.get('step')!r}: {what}")
         points.append(point)
@@ -92,14 +88,11 @@ def run_curve(run_dir: Path) -> dict[str, Any] | None:
             "token_budget": train.get("token_budget"),
         },
         "threads": _object(summary, "environment", "summary.json").get("threads"),
-        "final": {
-            k: metrics.get(k) if _number(metrics.get(k)) else None
-            for k in ("heldout_loss", "heldout_acc", "heldout_bpb")
-        },
+        "final": {k: v if is_json_number(v := metrics.get(k)) else None for k in FINAL_KEYS},
         "unigram": {
             k.removeprefix("heldout_unigram_"): v
             for k, v in references.items()
-            if k.startswith("heldout_unigram_") and _number(v)
+            if k.startswith("heldout_unigram_") and is_json_number(v)
         },
         "first_reached_accuracy": first,
         "curve": points,

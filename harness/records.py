@@ -73,6 +73,11 @@ def kind_of(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def is_json_number(value: Any) -> bool:
+    """A JSON number as json.loads gives it (NaN included: a diverged run logs one); not a boolean."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def read_record(path: Path, expect: type | None = dict) -> tuple[Any, str | None]:
     """A JSON file and what is wrong with it, whatever it holds: (document, None); (None, what is wrong:
     binary bytes, invalid or cut-short JSON, a list where an object is expected...); or (None, None)

@@ -20,7 +20,7 @@ import pandas as pd
 from harness.config import ConfigError
 from harness.downstream import tasks_to_evaluate
 from harness.integrity import header_problem, prediction_problems, status_problem, summary_problem
-from harness.records import SCHEMA_VERSION, atomic_write_json, read_jsonl
+from harness.records import SCHEMA_VERSION, atomic_write_json, is_json_number, read_jsonl
 from harness.suite import Suite, SuiteSpec, load_suite
 
 MANIFEST = "suite.json"
@@ -118,9 +118,7 @@ class _Reader:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
+    return float(value) if is_json_number(value) else None
 
 
 def _as_written(value: Any) -> int | float | None:
