@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from harness.config import MaskingConfig, RunConfig, pretraining_part
 
 if TYPE_CHECKING:
@@ -31,6 +33,10 @@ if TYPE_CHECKING:
 
 # what masking settings the trainer never reads: dupe_factor under dynamic masking
 UNREAD_UNDER_DYNAMIC = ("dupe_factor",)
+# what a random-init control reads of its train settings: the seed (its initialisation), the precision (its
+# evaluations) and the flag that makes it a control; it reads no masking setting either, since the held-out
+# mask is the evaluation's own (eval.mask_seed)
+CONTROL_READS_TRAIN = ("seed", "precision", "pretrain")
 DEFAULT_DUPE = MaskingConfig.model_fields["dupe_factor"].default
 
 
@@ -125,6 +131,16 @@ def effective_part(config: dict[str, Any], passes: float | None, format_copies: 
         for key in UNREAD_UNDER_DYNAMIC:
             masking.pop(key, None)
     return part
+
+
+def reads_setting(key: str, masking_kind: Any, pretrain: Any) -> bool:
+    """Whether a run whose masking.kind and train.pretrain are these reads the setting `key` (dotted,
+    e.g. "masking.dupe_factor"): a setting it never reads cannot make a difference to it."""
+    section, _, name = key.partition(".")
+    if pretrain is False or (isinstance(pretrain, np.bool_) and not pretrain):
+        if section == "masking" or (section == "train" and name not in CONTROL_READS_TRAIN):
+            return False
+    return not (section == "masking" and masking_kind == "dynamic" and name in UNREAD_UNDER_DYNAMIC)
 
 
 def _static(config: dict[str, Any]) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import tiny_suite
 
@@ -14,10 +15,12 @@ from harness.cli import main
 from harness.data.batches import PretrainingBatches
 from harness.data.cache import StageCache
 from harness.data.pipeline import prepare_data
-from harness.effective import ArmPlan, find_ineffective, planned_passes
+from harness.effective import ArmPlan, find_ineffective, planned_passes, reads_setting
 from harness.records import RunRecord
 from harness.report import build_report
-from harness.results import load_results, resolve_sources
+from harness.report.tables import config_differences
+from harness.results import Results, load_results, resolve_sources
+from harness.suite import ComparisonSpec as Comparison
 from harness.suite import load_suite
 from harness.train import planned_steps
 
@@ -212,3 +215,49 @@ def test_the_report_notes_it_beside_the_comparison(write_suite, tmp_path, epochs
     assert "- ⚠ **static vs dynamic**: arms dynamic and static train on identical data and masks" in text
     assert "dupe_factor 2 at 0.60 passes" in text and "~40,680 tokens" in text
     assert "(⚠ identical training: see the top)" in text  # beside what the comparison changes
+
+
+# ------------------------------------------------------------- what the report lists as changed
+
+
+def _runs_table(rows: list[tuple[str, dict]]) -> Results:
+    runs = pd.DataFrame([{"arm": arm, **{f"config.{key}": value for key, value in config.items()}}
+                         for arm, config in rows])  # fmt: skip
+    empty = pd.DataFrame()
+    return Results(runs=runs, metrics=empty, curves=empty, finetune=empty, sources=[])
+
+
+def _changes(rows: list[tuple[str, dict]], arm: str, baseline: str) -> str:
+    [[_, changed]] = config_differences(_runs_table(rows), [Comparison(arm=arm, baseline=baseline)])
+    return changed
+
+
+def test_reads_setting_knows_what_dynamic_masking_and_a_control_never_read():
+    assert reads_setting("masking.dupe_factor", "static", None)
+    assert not reads_setting("masking.dupe_factor", "dynamic", None)
+    assert reads_setting("masking.mask_prob", "dynamic", None)
+    assert not reads_setting("masking.kind", "static", False)  # a control trains nothing
+    assert not reads_setting("train.lr", "dynamic", np.bool_(False))
+    assert reads_setting("train.pretrain", "dynamic", False) and reads_setting("train.seed", "dynamic", False)
+    assert reads_setting("data.tokenizer.kind", "dynamic", False)
+
+
+def test_config_differences_leave_out_settings_one_side_never_reads():
+    static = {"masking.kind": "static", "masking.dupe_factor": 2, "train.lr": 1e-3, "train.seed": 0}
+    dynamic = {"masking.kind": "dynamic", "masking.dupe_factor": 10, "train.lr": 1e-3, "train.seed": 0}
+    control = {**static, "train.pretrain": False, "train.lr": 5e-3}
+    rows = [("static", static), ("dynamic", dynamic), ("random-init", control)]
+    assert _changes(rows, "dynamic", "static") == "masking.kind: static → dynamic"
+    # the control's masking and lr are never read: what makes it a control is the one change
+    assert _changes(rows, "dynamic", "random-init") == "train.pretrain: False → unset"
+    both_static = [("a", static), ("b", {**static, "masking.dupe_factor": 4})]
+    assert _changes(both_static, "b", "a") == "masking.dupe_factor: 2 → 4"
+
+
+def test_config_differences_show_an_arm_whose_runs_disagree():
+    base = {"masking.kind": "dynamic", "train.seed": 0}
+    rows = [("a", {**base, "eval.tasks": "x"}), ("b", {**base, "eval.tasks": "x+y"}),
+            *[("b", {**base, "train.seed": seed, "eval.tasks": "x"}) for seed in (1, 2)]]  # fmt: skip
+    assert _changes(rows, "b", "a") == "eval.tasks: x → x+y (1 run) or x (2 runs)"
+    same = [("a", {**base, "eval.tasks": "x"}), ("b", {**base, "eval.tasks": "x"})]
+    assert _changes(same, "b", "a") == "(no config difference)"

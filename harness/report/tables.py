@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from harness.config import lower_is_better
-from harness.effective import ArmPlan, Ineffective, find_ineffective
+from harness.effective import ArmPlan, Ineffective, find_ineffective, reads_setting
 from harness.paper import PaperDelta, load_paper_tables, paper_deltas
 from harness.results import Results
 from harness.stats import mean_interval
@@ -204,25 +204,53 @@ def arm_configs(results: Results) -> pd.DataFrame:
 
 
 def config_differences(results: Results, comparisons: list[Comparison]) -> list[list[str]]:
-    """For each compared pair, the config keys whose values differ (the seed aside): what the
-    comparison actually changes."""
-    if not len(results.runs):
+    """For each compared pair, the config settings whose values differ (the seed aside) and that both
+    arms read: what the comparison actually changes. A setting one side never reads (dupe_factor under
+    dynamic masking, any masking or optimiser setting of a random-init control) is left out: the
+    setting that makes the side not read it (masking.kind, train.pretrain) is listed instead. An arm
+    whose runs disagree on a setting (records from before a suite's change) shows each value with its
+    count of runs."""
+    runs = results.runs
+    config_cols = [c for c in runs.columns if c.startswith("config.") and c != "config.train.seed"]
+    if not len(runs) or not config_cols:
         return []
-    config_cols = [c for c in results.runs.columns if c.startswith("config.") and c != "config.train.seed"]
-    firsts = arm_configs(results)
+    known = runs[runs[config_cols].notna().any(axis=1)]
     rows = []
     for c in comparisons:
-        if c.arm not in firsts.index or c.baseline not in firsts.index:
+        arm, baseline = known[known["arm"] == c.arm], known[known["arm"] == c.baseline]
+        if arm.empty or baseline.empty:
             continue
-        a, b = firsts.loc[c.arm], firsts.loc[c.baseline]
         changed = []
         for col in config_cols:
-            va, vb = a.get(col), b.get(col)
-            if _same(va, vb):
+            key = col.removeprefix("config.")
+            if not (_read_by_all(arm, key) and _read_by_all(baseline, key)):
                 continue
-            changed.append(f"{col.removeprefix('config.')}: {_plain(vb)} → {_plain(va)}")
+            values_arm, values_base = _values(arm[col]), _values(baseline[col])
+            if set(values_arm) != set(values_base):
+                changed.append(f"{key}: {_plain_values(values_base)} → {_plain_values(values_arm)}")
         rows.append([c.name, "; ".join(changed) or "(no config difference)"])
     return rows
+
+
+def _read_by_all(runs: pd.DataFrame, key: str) -> bool:
+    kinds = runs.get("config.masking.kind", pd.Series([None] * len(runs), index=runs.index))
+    pretrains = runs.get("config.train.pretrain", pd.Series([None] * len(runs), index=runs.index))
+    return all(reads_setting(key, kind, pretrain) for kind, pretrain in zip(kinds, pretrains, strict=True))
+
+
+def _values(column: pd.Series) -> dict[str, int]:
+    """Each distinct value of an arm's setting, as shown, with its count of runs (first seen first)."""
+    counts: dict[str, int] = {}
+    for value in column:
+        text = _plain(value)
+        counts[text] = counts.get(text, 0) + 1
+    return counts
+
+
+def _plain_values(counts: dict[str, int]) -> str:
+    if len(counts) == 1:
+        return next(iter(counts))
+    return " or ".join(f"{text} ({n} run{'s' if n > 1 else ''})" for text, n in counts.items())
 
 
 def is_missing(value: Any) -> bool:
