@@ -20,7 +20,7 @@ import pandas as pd
 from harness.config import ConfigError
 from harness.downstream import tasks_to_evaluate
 from harness.integrity import header_problem, prediction_problems, status_problem, summary_problem
-from harness.records import SCHEMA_VERSION, atomic_write_json, is_json_number, read_jsonl
+from harness.records import SCHEMA_VERSION, atomic_write_json, is_json_number, read_jsonl, read_record
 from harness.suite import Suite, SuiteSpec, load_suite
 
 MANIFEST = "suite.json"
@@ -97,17 +97,9 @@ class _Reader:
     def json_file(self, path: Path) -> dict[str, Any] | None:
         if not path.is_file():
             return None
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            self.problems.append(f"{path}: not valid JSON ({err}): corrupt or half-written")
-            return None
-        except OSError as err:
-            self.problems.append(f"{path}: unreadable ({err})")
-            return None
-        if not isinstance(data, dict):
-            self.problems.append(f"{path}: expected a JSON object")
-            return None
+        data, problem = read_record(path)
+        if problem is not None:
+            self.problems.append(f"{path}: {problem}")
         return data
 
     def jsonl_file(self, path: Path) -> list[dict[str, Any]]:

@@ -208,6 +208,10 @@ def test_partial_failed_and_corrupt_records_are_shown_not_dropped(tmp_path):
     corrupt_config = suite_dir / "broken"
     corrupt_config.mkdir()
     (corrupt_config / "config.json").write_text("{not json")
+    binary_config, list_config = suite_dir / "binary", suite_dir / "listed"
+    binary_config.mkdir(), list_config.mkdir()
+    (binary_config / "config.json").write_bytes(b"\x89PNG\r\n\x1a\n\x00")
+    (list_config / "config.json").write_text('["arm", "seed"]')
 
     results, output = report_of(suite_dir, tmp_path / "report")
     runs = results.runs.set_index(["arm", "seed"])
@@ -221,6 +225,8 @@ def test_partial_failed_and_corrupt_records_are_shown_not_dropped(tmp_path):
     assert f"{bad_metric / 'summary.json'}: metric sst2.accuracy = 'n/a' is not a number" in problems
     assert f"{bad_metric / 'metrics.jsonl'}: line 5 is not valid JSON" in problems
     assert f"{corrupt_config / 'config.json'}: not valid JSON" in problems
+    assert f"{binary_config / 'config.json'}: not UTF-8 text (byte 0x89 at offset 0)" in problems
+    assert f"{list_config / 'config.json'}: a list where a JSON object is expected" in problems
     summary = pd.read_csv(output.directory / "summary.csv").set_index(["arm", "metric"])
     assert summary.loc[("B", "sst2.accuracy"), "n"] == 4 and summary.loc[("B", "sst2.accuracy"), "runs"] == 5
     assert summary.loc[("C", "sst2.accuracy"), "n"] == 1
