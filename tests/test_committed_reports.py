@@ -18,7 +18,7 @@ from harness.results import load_results, resolve_sources
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = [f"{name}.tiny" for name in ("roberta-table1-masking", "roberta-table2-formats", "roberta-table3-batch",
                                         "text-encoding", "roberta-vs-bert")]  # fmt: skip
-SHIPPED += ["roberta-table1-masking.cpu", "roberta-vs-bert.cpu"]  # the other three cpu suites join as their runs finish
+SHIPPED += ["roberta-table1-masking.cpu", "roberta-table3-batch.cpu", "roberta-vs-bert.cpu"]  # the other two cpu suites join as their runs finish
 
 
 @pytest.mark.parametrize("suite", SHIPPED)
