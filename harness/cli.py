@@ -348,7 +348,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         work = [
             Job(run_label(n, total, run), run.run_id, suite.run_dir(out_root, run),
                 child_run_argv(args, device_type, "--only-run", run.run_id, "--threads", str(threads)),
-                tuple(left[run.run_id] or ()))
+                tuple(left[run.run_id] or ()), run.arm)
             for n, run in enumerate(runs, 1)
         ]  # fmt: skip
         tally = run_parallel(work, jobs, threads, where, lambda label, s: done_line(label, s, headline),

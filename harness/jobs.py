@@ -195,6 +195,7 @@ class Job:
     run_dir: Path
     argv: list[str]
     evaluate: tuple[str, ...] = ()  # a finished run's tasks left to evaluate; empty: a run to train
+    arm: str = ""  # runs of one arm take about as long as each other: the time-left estimate groups by it
 
 
 @dataclass
@@ -235,19 +236,22 @@ def run_parallel(
     board = Board(progress)
     queue = list(jobs)
     running: list[_Child] = []
+    took: dict[str, list[float]] = {}  # arm -> seconds of each run trained to the end in this sitting
     environment = child_environment(os.environ, threads)
     with _sigterm_as_interrupt():
         try:
             while queue or running:
                 for child in [c for c in running if c.process.poll() is not None]:
                     running.remove(child)
-                    _collect(child, tally, board, done_line)
+                    # a resumed run took only its remainder: no measure of a run's time
+                    if _collect(child, tally, board, done_line) and not _resumed(child.job.run_dir):
+                        took.setdefault(child.job.arm, []).append(time.monotonic() - child.started)
                 while queue and len(running) < slots:
                     child = _start(queue.pop(0), environment, where, tally, board)
                     if child is not None:
                         running.append(child)
                 if running:
-                    board.show(_status_lines(running, len(queue)))
+                    board.show(_status_lines(running, queue, took, slots))
                 time.sleep(POLL_S)
         except KeyboardInterrupt:
             tally.interrupted = True
@@ -255,10 +259,51 @@ def run_parallel(
     return tally
 
 
-def _status_lines(running: list[_Child], waiting: int) -> list[str]:
+def _status_lines(running: list[_Child], queue: list[Job], took: dict[str, list[float]], slots: int) -> list[str]:
     now = time.monotonic()
-    head = f"{len(running)} running" + (f", {waiting} waiting" if waiting else "") + ":"
-    return [head] + [f"  {c.job.label}: {run_progress(c.job.run_dir)} ({_duration(now - c.started)})" for c in running]
+    head = f"{len(running)} running" + (f", {len(queue)} waiting" if queue else "")
+    left = time_left(took, [(c.job.arm, now - c.started) for c in running if not c.job.evaluate],
+                     [job.arm for job in queue if not job.evaluate], slots)  # fmt: skip
+    if left is not None:
+        finished = sum(len(times) for times in took.values())
+        head += f"; about {_rough(left)} left (from the {finished} run(s) finished in this sitting)"
+    return [head + ":"] + [
+        f"  {c.job.label}: {run_progress(c.job.run_dir)} ({_duration(now - c.started)})" for c in running
+    ]
+
+
+def time_left(
+    took: Mapping[str, list[float]], running: list[tuple[str, float]], waiting: list[str], slots: int
+) -> float | None:
+    """Seconds until the last run ends, roughly: each run takes the mean time of its arm's runs finished
+    in this sitting (of all finished runs where its arm has none yet), less what a running one has
+    already had, shared among `slots` at a time. None until a run has finished. Evaluation-only jobs
+    are left out (minutes beside hours of training)."""
+    times = [seconds for arm_times in took.values() for seconds in arm_times]
+    if not times:
+        return None
+    overall = sum(times) / len(times)
+
+    def expected(arm: str) -> float:
+        arm_times = took.get(arm) or []
+        return sum(arm_times) / len(arm_times) if arm_times else overall
+
+    work = sum(max(expected(arm) - elapsed, 0.0) for arm, elapsed in running)
+    work += sum(expected(arm) for arm in waiting)
+    return work / max(slots, 1)
+
+
+def _resumed(run_dir: Path) -> bool:
+    return bool((RunRecord(run_dir).summary or {}).get("resumed_from_step"))
+
+
+def _rough(seconds: float) -> str:
+    """'2 h 10 min', '14 min', 'under a minute': an estimate's precision."""
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return "under a minute"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
 
 
 def _start(job: Job, environment: dict[str, str], where: str, tally: Tally, board: Board) -> _Child | None:
@@ -307,8 +352,8 @@ def _spawn(job: Job, environment: dict[str, str], lock: RunLock) -> _Child:
     return _Child(job, lock, process, time.monotonic())
 
 
-def _collect(child: _Child, tally: Tally, board: Board, done_line: Callable[[str, dict[str, Any]], str]) -> None:
-    """A finished child's outcome, read from its run's record."""
+def _collect(child: _Child, tally: Tally, board: Board, done_line: Callable[[str, dict[str, Any]], str]) -> bool:
+    """A finished child's outcome, read from its run's record; True when it trained its run to the end."""
     child.lock.release()
     job, code = child.job, child.process.returncode
     record = RunRecord(job.run_dir)
@@ -320,25 +365,26 @@ def _collect(child: _Child, tally: Tally, board: Board, done_line: Callable[[str
         else:
             tally.not_evaluated.append(job.run_id)
             board.event(f"{job.label}: evaluation FAILED (log: {job.run_dir / LOG_NAME})", error=True)
-        return
+        return False
     if record.is_done():
         tally.trained += 1
         board.event(done_line(job.label, record.summary or {}))
-        return
+        return True
     if status.get("state") == "diverged":
         tally.diverged.append(job.run_id)
         board.event(f"{job.label}: DIVERGED: {status.get('error', '')}", error=True)
-        return
+        return False
     if status.get("state") == "interrupted":  # its process alone was signalled
         tally.interrupted_runs.append(job.run_id)
         board.event(f"{job.label}: interrupted ({status.get('error', '')})", error=True)
-        return
+        return False
     if status.get("state") != "failed":  # it died before it could record anything (killed, out of memory)
         how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
         record.set_status("failed", error=f"its process {how} without recording a result")
         status = record.status or {}
     tally.failed.append(job.run_id)
     board.event(f"{job.label}: FAILED: {status.get('error', '')} (log: {job.run_dir / LOG_NAME})", error=True)
+    return False
 
 
 def _signal(child: _Child, number: int) -> None:

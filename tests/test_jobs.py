@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -16,7 +17,15 @@ from conftest import tiny_suite
 
 from harness import jobs
 from harness.cli import main
-from harness.jobs import Board, child_environment, default_jobs, run_progress, thread_limit, threads_per_run
+from harness.jobs import (
+    Board,
+    child_environment,
+    default_jobs,
+    run_progress,
+    thread_limit,
+    threads_per_run,
+    time_left,
+)
 from harness.records import RunLock, RunRecord
 
 
@@ -104,6 +113,31 @@ def records(out: Path) -> dict[str, RunRecord]:
 def curve(record: RunRecord) -> list[dict]:
     # wall-clock fields (throughput, seconds of training) differ between any two runs
     return [{k: v for k, v in row.items() if k not in ("tokens_per_s", "train_s")} for row in record.metrics()]
+
+
+def test_time_left_counts_each_arm_at_its_own_pace_shared_among_the_slots():
+    assert time_left({}, [("a", 10.0)], ["a", "a"], 2) is None  # nothing finished: no estimate
+    took = {"pretrained": [900.0, 1100.0], "random-init": [200.0]}
+    # running: 1,000 - 400 left of one, 200 - 50 of a control; waiting: two pretrained and one control
+    left = time_left(
+        took, [("pretrained", 400.0), ("random-init", 50.0)], ["pretrained", "pretrained", "random-init"], 2
+    )
+    assert left == pytest.approx((600 + 150 + 2 * 1000 + 200) / 2)
+    # an arm with no finished run yet takes the mean of all finished runs; one overdue counts as ending now
+    assert time_left(took, [("pretrained", 5000.0)], ["new-arm"], 1) == pytest.approx(2200 / 3)
+    assert jobs._rough(20) == "under a minute" and jobs._rough(14 * 60 + 10) == "14 min"
+    assert jobs._rough(2 * 3600 + 9 * 60 + 40) == "2 h 10 min"
+
+
+def test_the_status_block_says_how_long_is_left_once_a_run_has_finished(tmp_path):
+    now = time.monotonic()
+    child = SimpleNamespace(job=jobs.Job("[3/4] a seed=0", "r3", tmp_path, [], arm="a"), started=now - 120)
+    waiting = [jobs.Job("[4/4] a seed=1", "r4", tmp_path, [], arm="a")]
+    head = jobs._status_lines([child], waiting, {}, 2)[0]
+    assert head == "1 running, 1 waiting:"
+    head = jobs._status_lines([child], waiting, {"a": [600.0, 600.0]}, 2)[0]
+    # (600 - 120 + 600) / 2 seconds
+    assert head == "1 running, 1 waiting; about 9 min left (from the 2 run(s) finished in this sitting):"
 
 
 def test_two_jobs_give_the_records_of_one_job(tmp_path, monkeypatch, capsys):
