@@ -237,6 +237,8 @@ def run_parallel(
     queue = list(jobs)
     running: list[_Child] = []
     took: dict[str, list[float]] = {}  # arm -> seconds of each run trained to the end in this sitting
+    # jobs already done when the command starts are skipped when their turn comes: not waiting
+    to_do = {job.run_id for job in jobs if job.evaluate or not RunRecord(job.run_dir).is_done()}
     environment = child_environment(os.environ, threads)
     with _sigterm_as_interrupt():
         try:
@@ -251,7 +253,7 @@ def run_parallel(
                     if child is not None:
                         running.append(child)
                 if running:
-                    board.show(_status_lines(running, queue, took, slots))
+                    board.show(_status_lines(running, [job for job in queue if job.run_id in to_do], took, slots))
                 time.sleep(POLL_S)
         except KeyboardInterrupt:
             tally.interrupted = True
@@ -259,11 +261,13 @@ def run_parallel(
     return tally
 
 
-def _status_lines(running: list[_Child], queue: list[Job], took: dict[str, list[float]], slots: int) -> list[str]:
+def _status_lines(running: list[_Child], waiting: list[Job], took: dict[str, list[float]], slots: int) -> list[str]:
+    """The status block: its head counts the jobs waiting and, once a run has finished, estimates the
+    time left."""
     now = time.monotonic()
-    head = f"{len(running)} running" + (f", {len(queue)} waiting" if queue else "")
+    head = f"{len(running)} running" + (f", {len(waiting)} waiting" if waiting else "")
     left = time_left(took, [(c.job.arm, now - c.started) for c in running if not c.job.evaluate],
-                     [job.arm for job in queue if not job.evaluate], slots)  # fmt: skip
+                     [job.arm for job in waiting if not job.evaluate], slots)  # fmt: skip
     if left is not None:
         finished = sum(len(times) for times in took.values())
         head += f"; about {_rough(left)} left (from the {finished} run(s) finished in this sitting)"
