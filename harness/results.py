@@ -274,6 +274,8 @@ class _Rows:
                 "steps": _as_written(budget.get("steps")),
                 "epochs": _as_written(budget.get("epochs")),
                 "wall_s": _as_written(summary.get("wall_s")),
+                # > 0: wall_s is the last sitting's alone (the run resumed from a checkpoint at this step)
+                "resumed_from_step": _as_written(summary.get("resumed_from_step")),
                 "format_copies": _format_copies(summary),
                 "time": record["time"],  # of the status last written
                 "directory": str(record["dir"]),
@@ -367,7 +369,7 @@ def load_results(sources: list[SuiteSource], problems: list[str] | None = None) 
 
     runs = pd.DataFrame(rows.runs)
     if len(runs):
-        for column in ("tokens", "steps", "epochs", "wall_s"):
+        for column in ("tokens", "steps", "epochs", "wall_s", "resumed_from_step"):
             if column not in runs:
                 runs[column] = math.nan
     metrics = pd.DataFrame(rows.metrics, columns=None if rows.metrics else RUN_COLUMNS)

@@ -18,6 +18,7 @@ from harness.config import ConfigError
 from harness.paper import load_paper_tables, paper_deltas
 from harness.records import RunRecord, read_jsonl
 from harness.report import build_report
+from harness.report.content import _wall_time
 from harness.results import load_results, resolve_sources
 from harness.stats import compare_seeds, mean_interval
 from harness.suite import load_suite
@@ -439,3 +440,12 @@ def test_per_token_loss_across_tokenizers_is_refused_in_a_report(tmp_path):
     refused = table.loc[("W vs A", "heldout_ppl")]
     assert refused["verdict"] == "not comparable" and "wordpiece 1024" in refused["reason"]
     assert table.loc[("W vs A", "sst2.accuracy")]["verdict"] == "W better"
+
+
+def test_wall_time_is_averaged_over_runs_trained_in_one_sitting():
+    # a resumed run's wall_s is its last sitting's alone: 170 s of a ~1,000 s run would pull the mean down
+    runs = pd.DataFrame({"wall_s": [1000.0, 1100.0, 170.0], "resumed_from_step": [0, 0, 440]})
+    assert _wall_time(runs) == "1050.0 (2 of 3; 1 resumed)"
+    assert _wall_time(runs.iloc[:2]) == "1050.0"
+    assert _wall_time(runs.drop(columns="resumed_from_step")) == "756.7"  # records from before the column
+    assert _wall_time(runs.iloc[2:]) == "– (0 of 1; 1 resumed)"

@@ -96,7 +96,8 @@ def build_report(results: Results, out_dir: Path, baseline: str | None = None) -
     _to_parquet(results.metrics, out_dir / "results.parquet")
     summary.to_csv(out_dir / "summary.csv", index=False, float_format="%.6g")
     table.to_csv(out_dir / "comparisons.csv", index=False, float_format="%.6g")
-    run_columns = ["suite", "arm", "seed", "run_id", "state", "error", "tokens", "steps", "epochs", "wall_s"]
+    run_columns = ["suite", "arm", "seed", "run_id", "state", "error", "tokens", "steps", "epochs", "wall_s",
+                   "resumed_from_step"]  # fmt: skip
     run_columns = [c for c in run_columns if c in results.runs]
     results.runs[run_columns].to_csv(out_dir / "runs.csv", index=False)
 

@@ -285,6 +285,15 @@ def _paper_tables(doc: Document, results: Results, comparisons: list[Comparison]
         doc.table(entry["header"], entry["rows"])
 
 
+def _wall_time(runs: pd.DataFrame) -> str:
+    """Mean wall time of the runs trained in one sitting; how many were left out for resuming."""
+    resumed = pd.to_numeric(runs.get("resumed_from_step", pd.Series(0, index=runs.index)), errors="coerce")
+    resumed = resumed.fillna(0) > 0
+    whole = pd.to_numeric(runs.loc[~resumed, "wall_s"], errors="coerce").dropna()
+    text = fmt_num(whole.mean()) if len(whole) else "–"
+    return f"{text} ({len(whole)} of {len(runs)}; {int(resumed.sum())} resumed)" if resumed.any() else text
+
+
 def _runs(doc: Document, results: Results) -> None:
     runs = results.runs
     doc.heading(2, "Runs")
@@ -296,12 +305,15 @@ def _runs(doc: Document, results: Results) -> None:
         )
         finished = runs[runs["state"] == "done"]
         if len(finished):
-            means = finished.groupby("arm", sort=False)[["tokens", "steps", "epochs", "wall_s"]].mean()
-            doc.paragraph("Budget each arm actually consumed (mean over its finished runs):")
+            means = finished.groupby("arm", sort=False)[["tokens", "steps", "epochs"]].mean()
+            doc.paragraph(
+                "Budget each arm actually consumed (mean over its finished runs; wall time over the runs trained "
+                "in one sitting: a resumed run records only its last sitting's):"
+            )
             doc.table(
                 ["arm", "tokens", "steps", "passes over the data", "wall time (s)"],
-                [[arm, f"{r['tokens']:,.0f}", f"{r['steps']:,.0f}", fmt_num(r["epochs"]), fmt_num(r["wall_s"])]
-                 for arm, r in means.iterrows()],
+                [[arm, f"{r['tokens']:,.0f}", f"{r['steps']:,.0f}", fmt_num(r["epochs"]),
+                  _wall_time(finished[finished["arm"] == arm])] for arm, r in means.iterrows()],
             )  # fmt: skip
     not_done = runs[runs["state"] != "done"] if len(runs) else runs
     if len(not_done):
