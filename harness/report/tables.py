@@ -257,10 +257,6 @@ def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _same(a: Any, b: Any) -> bool:
-    return (is_missing(a) and is_missing(b)) or (not is_missing(a) and not is_missing(b) and a == b)
-
-
 def _plain(value: Any) -> str:
     return "unset" if is_missing(value) else str(value)
 
