@@ -133,11 +133,16 @@ def effective_part(config: dict[str, Any], passes: float | None, format_copies: 
     return part
 
 
+def is_false(value: Any) -> bool:
+    """False itself, as a config holds it or a pandas column of records gives it back (numpy's bool)."""
+    return value is False or (isinstance(value, np.bool_) and not value)
+
+
 def reads_setting(key: str, masking_kind: Any, pretrain: Any) -> bool:
     """Whether a run whose masking.kind and train.pretrain are these reads the setting `key` (dotted,
     e.g. "masking.dupe_factor"): a setting it never reads cannot make a difference to it."""
     section, _, name = key.partition(".")
-    if pretrain is False or (isinstance(pretrain, np.bool_) and not pretrain):
+    if is_false(pretrain):
         if section == "masking" or (section == "train" and name not in CONTROL_READS_TRAIN):
             return False
     return not (section == "masking" and masking_kind == "dynamic" and name in UNREAD_UNDER_DYNAMIC)

@@ -13,12 +13,15 @@ from pathlib import Path
 import pytest
 
 from harness.report import build_report
+from harness.report.figures import batch_points
+from harness.report.tables import batch_axis, summarize
 from harness.results import load_results, resolve_sources
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = [f"{name}.tiny" for name in ("roberta-table1-masking", "roberta-table2-formats", "roberta-table3-batch",
                                         "text-encoding", "roberta-vs-bert")]  # fmt: skip
-SHIPPED += ["roberta-table1-masking.cpu", "roberta-table3-batch.cpu", "roberta-vs-bert.cpu"]  # the other two cpu suites join as their runs finish
+# the other two cpu suites join as their runs finish
+SHIPPED += ["roberta-table1-masking.cpu", "roberta-table3-batch.cpu", "roberta-vs-bert.cpu"]
 
 
 @pytest.mark.parametrize("suite", SHIPPED)
@@ -33,3 +36,14 @@ def test_committed_report_regenerates_from_results(suite: str, tmp_path: Path):
     for table in ("summary.csv", "comparisons.csv", "runs.csv"):
         regenerated = (tmp_path / table).read_text(encoding="utf-8")
         assert regenerated == (committed / table).read_text(encoding="utf-8"), f"reports/{suite}/{table} is stale"
+
+
+def test_the_batch_figure_draws_the_control_as_a_level_not_at_an_arms_batch():
+    # the control takes bsz-256's config (512 tokens per step) but trains on no batch at all
+    results_dir = ROOT / "results" / "roberta-table3-batch.cpu"
+    results = load_results(resolve_sources([results_dir], ROOT / "results"))
+    summary = summarize(results, ["sst2.accuracy"])
+    points, levels = batch_points(results, summary, "sst2.accuracy", batch_axis(results))
+    assert list(points["arm"]) == ["bsz-256", "bsz-2k", "bsz-8k"]
+    assert list(points["batch"]) == [512.0, 4096.0, 16384.0]
+    assert list(levels["arm"]) == ["random-init"]

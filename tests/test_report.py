@@ -274,13 +274,19 @@ def test_several_suites_are_compared_on_shared_metrics(tmp_path):
 
 def test_a_batch_size_suite_gets_its_figure(tmp_path):
     suite_dir = tmp_path / "results" / "batch"
-    for arm, tokens in (("small", 1024), ("large", 8192)):
+    for arm, tokens in (("small", 1024), ("medium", 4096), ("large", 8192)):
         for seed in (0, 1, 2):
             config = {"train": {"seed": seed, "tokens_per_step": tokens}}
             write_record(suite_dir, arm, seed, {"heldout_ppl": 20.0 + seed + tokens / 4096}, config, suite="batch")
     _, output = report_of(suite_dir, tmp_path / "report")
     assert (output.directory / "figures" / "batch-size.png").stat().st_size > 1000
     assert (output.directory / "figures" / "batch-size.svg").is_file()
+    # two batch sizes are a comparison, not a sweep: no figure, and the one drawn before is removed
+    for seed in (0, 1, 2):
+        (suite_dir / f"medium-{seed}").rename(tmp_path / f"medium-{seed}")
+    _, output = report_of(suite_dir, tmp_path / "report")
+    assert not list((output.directory / "figures").glob("batch-size.*"))
+    assert "batch-size" not in (output.directory / "report.md").read_text()
 
 
 # -------------------------------------------------------------------------------------- paper

@@ -16,7 +16,14 @@ from pathlib import Path
 import pandas as pd
 
 from harness.report.content import compose
-from harness.report.figures import figure_batch, figure_curves, figure_differences, figure_metrics
+from harness.report.figures import (
+    FIGURE_FORMATS,
+    FIGURE_STEMS,
+    figure_batch,
+    figure_curves,
+    figure_differences,
+    figure_metrics,
+)
 from harness.report.tables import comparisons_for, declared_metrics, fmt_num, fmt_p, is_missing, metric_order, summarize
 from harness.report.verdicts import compare
 from harness.results import Results, SuiteSource
@@ -73,6 +80,16 @@ def committed_repo(suite_dir: Path) -> Path | None:
     return repo if found.returncode == 0 else None
 
 
+def _remove_stale_figures(figures_dir: Path, written: dict[str, Path | None]) -> None:
+    """A figure an earlier report of this directory drew and this one does not (e.g. the batch-size
+    figure of a suite that no longer sweeps the batch) would sit beside the report unreferenced."""
+    kept = {path.stem for path in written.values() if path is not None}
+    for stem in FIGURE_STEMS:
+        if stem not in kept:
+            for fmt in FIGURE_FORMATS:
+                (figures_dir / f"{stem}.{fmt}").unlink(missing_ok=True)
+
+
 def build_report(results: Results, out_dir: Path, baseline: str | None = None) -> ReportOutput:
     """Write the tables, figures, report.md and report.html for `results` under out_dir."""
     import matplotlib
@@ -107,6 +124,7 @@ def build_report(results: Results, out_dir: Path, baseline: str | None = None) -
         "differences": figure_differences(table, figures_dir),
         "batch": figure_batch(results, summary, headline, figures_dir),
     }
+    _remove_stale_figures(figures_dir, figures)
     doc = compose(results, summary, table, comparisons, figures, headline, problems, results.notes)
     title = "Report: " + ", ".join(s.name for s in results.sources)
     (out_dir / "report.md").write_text(doc.markdown(out_dir), encoding="utf-8")

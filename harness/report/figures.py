@@ -3,6 +3,7 @@ intervals, metrics against batch size. PNG and SVG, byte-identical for the same 
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.effective import is_false
 from harness.report.tables import arm_configs, batch_axis, better_side, metric_label
 from harness.results import Results
 from harness.stats import CI_LEVEL
 
 FIGURE_FORMATS = ("png", "svg")
+FIGURE_STEMS = ("curves", "metrics", "differences", "batch-size")  # every figure a report may draw
 
 
 def _style(count: int) -> tuple[list[Any], list[Any], list[str]]:
@@ -76,7 +79,7 @@ def figure_curves(results: Results, out_dir: Path) -> Path | None:
         ax.set_xlabel("tokens seen (millions)")
         ax.set_ylabel(metric_label(metric))
         if metric == "heldout_ppl":
-            from matplotlib.ticker import ScalarFormatter
+            from matplotlib.ticker import NullFormatter, ScalarFormatter
 
             floors = results.floors
             floors = floors[floors["metric"] == "heldout_ppl"]["floor"].astype(float) if len(floors) else []
@@ -88,7 +91,9 @@ def figure_curves(results: Results, out_dir: Path) -> Path | None:
 
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(ScalarFormatter())
-            ax.yaxis.set_minor_formatter(ScalarFormatter())
+            # within a decade the minor ticks are the only labels; across several they would overlap
+            low, high = ax.get_ylim()
+            ax.yaxis.set_minor_formatter(ScalarFormatter() if high / low <= 10 else NullFormatter())
         ax.grid(True, alpha=0.3)
         ax.legend(title="arm (band: min–max over seeds)", fontsize=8, title_fontsize=8)
     fig.tight_layout()
@@ -183,26 +188,42 @@ def figure_differences(table: pd.DataFrame, out_dir: Path) -> Path | None:
     return _save(fig, out_dir, "differences")
 
 
+def batch_points(results: Results, summary: pd.DataFrame, metric: str, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The summary rows of `metric` to draw against batch size (`key`, a config column): the pretrained
+    arms with a `batch` column, in batch order, and the random-init controls apart. A control takes an
+    arm's config but trains on no batch, so it is a level to draw across, not a point at that arm's batch."""
+    configs = arm_configs(results)
+    pretrain = configs.get("config.train.pretrain", pd.Series(None, index=configs.index, dtype=object))
+    controls = set(configs.index[pretrain.map(is_false)])
+    stats = summary[summary["metric"] == metric].copy()
+    stats["batch"] = stats["arm"].map(configs[key]).astype(float)
+    stats = stats.dropna(subset=["batch", "mean"]).sort_values("batch")
+    return stats[~stats["arm"].isin(controls)], stats[stats["arm"].isin(controls)]
+
+
 def figure_batch(results: Results, summary: pd.DataFrame, metrics: list[str], out_dir: Path) -> Path | None:
-    """Perplexity and downstream metrics against batch size (log scale), mean with CI."""
+    """Perplexity and downstream metrics against batch size (log scale), mean with CI; downstream, the
+    random-init control as a dashed level."""
     import matplotlib.pyplot as plt
 
     key = batch_axis(results)
     if key is None:
         return None
-    batch = arm_configs(results)[key]
     metrics = _with_results(summary, metrics)
     if not metrics:
         return None
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        stats = summary[summary["metric"] == metric].copy()
-        stats["batch"] = stats["arm"].map(batch).astype(float)
-        stats = stats.dropna(subset=["batch", "mean"]).sort_values("batch")
+        stats, levels = batch_points(results, summary, metric, key)
         yerr = _error_bars(stats["mean"], stats["ci_low"], stats["ci_high"])
         ax.errorbar(stats["batch"], stats["mean"], yerr=yerr, fmt="-o", color="black", capsize=4)
         for _, row in stats.iterrows():
             ax.annotate(row["arm"], (row["batch"], row["mean"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if not metric.startswith("heldout_") and len(levels):  # held out, a control sits far off every arm's scale
+            for (_, row), style in zip(levels.iterrows(), itertools.cycle(["--", ":", "-."])):
+                label = f"{row['arm']} (no pretraining)"
+                ax.axhline(row["mean"], color="0.45", linestyle=style, linewidth=1.1, label=label)
+            ax.legend(fontsize=7, loc="best")
         ax.set_xscale("log", base=2)
         unit = "tokens per step" if key.endswith("tokens_per_step") else "sequences per step"
         ax.set_xlabel(f"batch size ({unit}, log scale)")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from harness.config import lower_is_better
-from harness.effective import ArmPlan, Ineffective, find_ineffective, reads_setting
+from harness.effective import ArmPlan, Ineffective, find_ineffective, is_false, reads_setting
 from harness.paper import PaperDelta, load_paper_tables, paper_deltas
 from harness.results import Results
 from harness.stats import mean_interval
@@ -264,11 +264,19 @@ def _plain(value: Any) -> str:
 BATCH_KEYS = ("config.train.tokens_per_step", "config.train.batch_size")
 
 
+# a batch sweep has at least three batch sizes: two arms that differ in batch (and often in much else,
+# as BERT's recipe against RoBERTa's) are a comparison, which the verdict matrix already shows
+SWEEP_POINTS = 3
+
+
 def batch_axis(results: Results) -> str | None:
-    """The config column that varies the batch across arms, when the suite is about batch size."""
+    """The config column that varies the batch across arms, when the suite is about batch size: at
+    least SWEEP_POINTS batch sizes among its pretrained runs."""
     runs = results.runs
+    if "config.train.pretrain" in runs:
+        runs = runs[~runs["config.train.pretrain"].map(is_false)]
     for key in BATCH_KEYS:
-        if key in runs and pd.to_numeric(runs[key], errors="coerce").dropna().nunique() > 1:
+        if key in runs and pd.to_numeric(runs[key], errors="coerce").dropna().nunique() >= SWEEP_POINTS:
             return key
     return None
 
