@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.report import fmt_num, fmt_p, is_missing
+from harness.report.content import unlearned_flag
 
 BEGIN = "<!-- comparisons:begin (written by `harness index`; edit around it) -->"
 END = "<!-- comparisons:end -->"
@@ -75,7 +76,9 @@ def _ours(row: pd.Series) -> str:
     elif verdict in ("not testable", "not comparable") and not is_missing(row["reason"]):
         verdict += f" ({row['reason']})"
     agreement = "" if is_missing(row["agrees_with_paper"]) else f"; {row['agrees_with_paper']}s with the paper"
-    return f"{fmt_num(row['diff'], True)}{interval}{p_value}: {verdict}{agreement}"
+    # where a verdict is read as evidence, say when a side is a model still at the frequency stage
+    flag = unlearned_flag(row) if row["verdict"] not in ("both at floor: no evidence", "not testable") else ""
+    return f"{fmt_num(row['diff'], True)}{interval}{p_value}: {verdict}{agreement}" + (f"; {flag}" if flag else "")
 
 
 def index_table(comparisons: pd.DataFrame) -> str:

@@ -15,6 +15,7 @@ import pytest
 from harness.report import build_report
 from harness.report.figures import batch_points
 from harness.report.tables import batch_axis, summarize
+from harness.report.verdicts import unlearned_arms
 from harness.results import load_results, resolve_sources
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,3 +48,12 @@ def test_the_batch_figure_draws_the_control_as_a_level_not_at_an_arms_batch():
     assert list(points["arm"]) == ["bsz-256", "bsz-2k", "bsz-8k"]
     assert list(points["batch"]) == [512.0, 4096.0, 16384.0]
     assert list(levels["arm"]) == ["random-init"]
+
+
+def test_only_a_pretrained_arm_at_the_unigram_floor_counts_as_not_having_learned_context():
+    # bsz-8k: 440 steps, held-out accuracy 8.2-11.6% against 12.5%; the control sits there by design
+    def unlearned(suite: str) -> set[str]:
+        return unlearned_arms(load_results(resolve_sources([ROOT / "results" / suite], ROOT / "results")))
+
+    assert unlearned("roberta-table3-batch.cpu") == {"bsz-8k"}
+    assert unlearned("roberta-table1-masking.cpu") == set()

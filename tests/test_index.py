@@ -12,7 +12,9 @@ from harness.index import BEGIN, END, split_scale
 from harness.report.verdicts import COLUMNS
 
 
-def write_report(directory: Path, diff: float, significant: bool, paper: str = "dynamic better (SST-2 +0.40)") -> Path:
+def write_report(
+    directory: Path, diff: float, significant: bool, paper: str = "dynamic better (SST-2 +0.40)", unlearned: str = ""
+) -> Path:
     """A comparisons.csv with the columns `harness report` writes."""
     directory.mkdir(parents=True)
     row = dict.fromkeys(COLUMNS, "")
@@ -21,7 +23,7 @@ def write_report(directory: Path, diff: float, significant: bool, paper: str = "
                 "test": "paired t", "n_pairs": 3, "paper_direction": paper,
                 "verdict": "dynamic better" if significant else "no difference detected",
                 "winner": "dynamic" if significant else "", "mde": 0.025,
-                "agrees_with_paper": "agree" if significant else ""})  # fmt: skip
+                "agrees_with_paper": "agree" if significant else "", "unlearned": unlearned})  # fmt: skip
     pd.DataFrame([row], columns=COLUMNS).to_csv(directory / "comparisons.csv", index=False)
     return directory
 
@@ -62,3 +64,20 @@ def test_a_missing_scale_reads_not_run_and_bad_inputs_are_errors(tmp_path: Path,
                                            ("quickstart", ("quickstart", "")), ("v1.2", ("v1.2", ""))])  # fmt: skip
 def test_split_scale(name, expected):
     assert split_scale(name) == expected
+
+
+def test_a_side_that_has_not_learned_context_is_named_beside_its_verdict(tmp_path: Path):
+    flagged = write_report(tmp_path / "masking.cpu", 0.012, significant=True, unlearned="static")
+    plain = write_report(tmp_path / "other.cpu", 0.012, significant=True)
+    readme = tmp_path / "README.md"
+    assert main(["index", str(flagged), str(plain), "--out", str(readme)]) == 0
+    rows = {line.split(" | ")[0]: line for line in readme.read_text().splitlines() if line.startswith("| ")}
+    assert (
+        "**dynamic better**; agrees with the paper; ⚑ static has not learned context (held-out accuracy)"
+        in (rows["| masking"])
+    )
+    assert "learned context" not in rows["| other"]
+    # a comparisons.csv written before the column existed still reads
+    frame = pd.read_csv(plain / "comparisons.csv").drop(columns="unlearned")
+    frame.to_csv(plain / "comparisons.csv", index=False)
+    assert main(["index", str(plain), "--out", str(readme)]) == 0

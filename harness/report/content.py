@@ -43,6 +43,15 @@ def floor_flags(row: pd.Series) -> str:
     return f"⚑ {' and '.join(sides)} {label}" if sides else ""
 
 
+def unlearned_flag(row: pd.Series) -> str:
+    """'⚑ bsz-8k has not learned context (held-out accuracy)': a pretrained side still at the unigram stage,
+    on whichever metric the cell compares; '' when neither side is."""
+    arms = row.get("unlearned")
+    if not isinstance(arms, str) or not arms:
+        return ""
+    return f"⚑ {arms} {'have' if ' and ' in arms else 'has'} not learned context (held-out accuracy)"
+
+
 def matrix_cell(row: pd.Series) -> tuple[str, str]:
     """(text, HTML class) of one verdict-matrix cell: the verdict first, then the difference with
     its interval, floors, and the paper's direction."""
@@ -63,6 +72,9 @@ def matrix_cell(row: pd.Series) -> tuple[str, str]:
     flags = floor_flags(row)
     if flags and verdict != BOTH_AT_FLOOR:
         parts.append(flags)
+    unlearned = unlearned_flag(row)
+    if unlearned and not (flags and "has not learned context" in flags):
+        parts.append(unlearned)
     if row["paper_direction"] and not is_missing(row["paper_direction"]):
         agreement = f" → {row['agrees_with_paper']}" if row["agrees_with_paper"] else ""
         parts.append(f"paper: {row['paper_direction']}{agreement}")
@@ -114,7 +126,9 @@ def reading_guide(table: pd.DataFrame) -> str:
         f"is the minimum detectable effect (MDE): the smallest true difference this many seeds, with the spread "
         f"seen, detect with {POWER:.0%} power at α = {ALPHA}. ⚑ marks an arm whose every seed is within two "
         "standard errors of its floor: the majority-class baseline of the dev set, or, held out, the context-free "
-        "unigram floor (token frequencies plus the 80-10-10 rule, scored on the same positions). "
+        'unigram floor (token frequencies plus the 80-10-10 rule, scored on the same positions); "has not '
+        "learned context (held-out accuracy)\" marks, in every column, a pretrained arm whose every seed's "
+        "held-out accuracy is at that floor. "
         f'"{BOTH_AT_FLOOR}" is not a test. Per-token held-out metrics are not compared across tokenizers.'
     )
 

@@ -27,6 +27,7 @@ import pandas as pd
 
 from harness.config import lower_is_better
 from harness.downstream import recorded_folder
+from harness.effective import is_false
 from harness.integrity import file_problem
 from harness.paper import load_paper_tables
 from harness.references import per_token_refusal
@@ -53,8 +54,10 @@ COLUMNS = [
     "comparison", "arm", "baseline", "metric", "verdict", "winner", "diff", "relative", "ci_low", "ci_high",
     "p_value", "p_holm", "test", "n_arm", "n_baseline", "n_pairs", "mde", "reason", "floor_kind", "arm_floor",
     "baseline_floor", "arm_at_floor", "baseline_at_floor", "mb_diff", "mb_low", "mb_high", "mb_p", "mb_note",
-    "paper_direction", "paper_effect", "seeds_for_paper_effect", "agrees_with_paper",
+    "paper_direction", "paper_effect", "seeds_for_paper_effect", "agrees_with_paper", "unlearned",
 ]  # fmt: skip
+# the held-out metric that says whether a pretrained arm has left the unigram stage, whatever the metric compared
+CONTEXT_METRIC = "heldout_acc"
 
 
 def tokenizer_of(configs: pd.DataFrame, arm: str) -> str:
@@ -184,7 +187,24 @@ def compare(results: Results, comparisons: list[Comparison], metrics: list[str])
     family = [c for c in cells if not c.refused and not c.both_at_floor and c.diff.testable]
     for cell, adjusted in zip(family, holm([c.diff.p_value for c in family])):
         cell.p_holm = adjusted
-    return pd.DataFrame([_row(results, cell) for cell in cells], columns=COLUMNS)
+    unlearned = unlearned_arms(results)
+    rows = []
+    for cell in cells:
+        row = _row(results, cell)
+        sides = (cell.comparison.arm, cell.comparison.baseline)
+        row["unlearned"] = " and ".join(arm for arm in sides if arm in unlearned)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def unlearned_arms(results: Results) -> set[str]:
+    """Pretrained arms whose every seed's held-out accuracy is at (or under) the unigram floor: models still
+    at the frequency stage, so a verdict on any metric compares one that has not learned context. Random-init
+    controls are there by design and are left out."""
+    configs = arm_configs(results)
+    pretrain = configs.get("config.train.pretrain", pd.Series(None, index=configs.index, dtype=object))
+    pretrained = [arm for arm in results.arms() if arm in configs.index and not is_false(pretrain[arm])]
+    return {arm for arm in pretrained if arm_floor(results, arm, CONTEXT_METRIC).at_floor}
 
 
 def _row(results: Results, cell: Cell) -> dict:
@@ -247,6 +267,13 @@ def finding(table: pd.DataFrame) -> str:
             for _, r in claimed.iterrows()
         )
         parts.append(f"{len(claimed)} of {len(table)} detect a difference ({listed})")
+        unlearned = claimed[claimed["unlearned"].fillna("") != ""] if "unlearned" in claimed else claimed.iloc[:0]
+        if len(unlearned):
+            named = list(dict.fromkeys(unlearned["unlearned"]))
+            arms, verb = ", ".join(named), "have" if len(named) > 1 or " and " in named[0] else "has"
+            parts.append(f"{len(unlearned)} of those involve {arms}, which {verb} not learned context (held-out "
+                         "accuracy at the unigram floor in every seed): they compare a model still at the frequency "
+                         "stage, not the setting")  # fmt: skip
     else:
         parts.append(f"none of {len(table)} detects a difference")
     if len(none):
