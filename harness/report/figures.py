@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.effective import is_false
-from harness.report.tables import arm_configs, batch_axis, better_side, metric_label
+from harness.report.tables import arm_configs, batch_axis, better_side, control_arms, metric_label
 from harness.results import Results
 from harness.stats import CI_LEVEL
 
@@ -192,11 +191,9 @@ def batch_points(results: Results, summary: pd.DataFrame, metric: str, key: str)
     """The summary rows of `metric` to draw against batch size (`key`, a config column): the pretrained
     arms with a `batch` column, in batch order, and the random-init controls apart. A control takes an
     arm's config but trains on no batch, so it is a level to draw across, not a point at that arm's batch."""
-    configs = arm_configs(results)
-    pretrain = configs.get("config.train.pretrain", pd.Series(None, index=configs.index, dtype=object))
-    controls = set(configs.index[pretrain.map(is_false)])
+    controls = control_arms(results)
     stats = summary[summary["metric"] == metric].copy()
-    stats["batch"] = stats["arm"].map(configs[key]).astype(float)
+    stats["batch"] = stats["arm"].map(arm_configs(results)[key]).astype(float)
     stats = stats.dropna(subset=["batch", "mean"]).sort_values("batch")
     return stats[~stats["arm"].isin(controls)], stats[stats["arm"].isin(controls)]
 

@@ -203,6 +203,14 @@ def arm_configs(results: Results) -> pd.DataFrame:
     return known.drop_duplicates("arm").set_index("arm")
 
 
+def control_arms(results: Results) -> set[str]:
+    """The random-init controls among the arms (train.pretrain false): evaluated as initialised."""
+    configs = arm_configs(results)
+    if "config.train.pretrain" not in configs:
+        return set()
+    return set(configs.index[configs["config.train.pretrain"].map(is_false)])
+
+
 def config_differences(results: Results, comparisons: list[Comparison]) -> list[list[str]]:
     """For each compared pair, the config settings whose values differ (the seed aside) and that both
     arms read: what the comparison actually changes. A setting one side never reads (dupe_factor under
@@ -221,9 +229,10 @@ def config_differences(results: Results, comparisons: list[Comparison]) -> list[
         if arm.empty or baseline.empty:
             continue
         changed = []
+        readers = _readers(arm) + _readers(baseline)  # (masking.kind, train.pretrain) of every run of both
         for col in config_cols:
             key = col.removeprefix("config.")
-            if not (_read_by_all(arm, key) and _read_by_all(baseline, key)):
+            if not all(reads_setting(key, kind, pretrain) for kind, pretrain in readers):
                 continue
             values_arm, values_base = _values(arm[col]), _values(baseline[col])
             if set(values_arm) != set(values_base):
@@ -232,10 +241,11 @@ def config_differences(results: Results, comparisons: list[Comparison]) -> list[
     return rows
 
 
-def _read_by_all(runs: pd.DataFrame, key: str) -> bool:
+def _readers(runs: pd.DataFrame) -> list[tuple[Any, Any]]:
+    """What decides which settings each run reads: its masking.kind and train.pretrain."""
     kinds = runs.get("config.masking.kind", pd.Series([None] * len(runs), index=runs.index))
     pretrains = runs.get("config.train.pretrain", pd.Series([None] * len(runs), index=runs.index))
-    return all(reads_setting(key, kind, pretrain) for kind, pretrain in zip(kinds, pretrains, strict=True))
+    return list(zip(kinds, pretrains, strict=True))
 
 
 def _values(column: pd.Series) -> dict[str, int]:

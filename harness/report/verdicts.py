@@ -27,11 +27,19 @@ import pandas as pd
 
 from harness.config import lower_is_better
 from harness.downstream import recorded_folder
-from harness.effective import is_false
 from harness.integrity import file_problem
 from harness.paper import load_paper_tables
 from harness.references import per_token_refusal
-from harness.report.tables import NO_FLOOR, Floor, arm_configs, arm_floor, is_missing, paper_columns, values_by_seed
+from harness.report.tables import (
+    NO_FLOOR,
+    Floor,
+    arm_configs,
+    arm_floor,
+    control_arms,
+    is_missing,
+    paper_columns,
+    values_by_seed,
+)
 from harness.results import Results
 from harness.stats import (
     ALPHA,
@@ -201,10 +209,8 @@ def unlearned_arms(results: Results) -> set[str]:
     """Pretrained arms whose every seed's held-out accuracy is at (or under) the unigram floor: models still
     at the frequency stage, so a verdict on any metric compares one that has not learned context. Random-init
     controls are there by design and are left out."""
-    configs = arm_configs(results)
-    pretrain = configs.get("config.train.pretrain", pd.Series(None, index=configs.index, dtype=object))
-    pretrained = [arm for arm in results.arms() if arm in configs.index and not is_false(pretrain[arm])]
-    return {arm for arm in pretrained if arm_floor(results, arm, CONTEXT_METRIC).at_floor}
+    controls = control_arms(results)
+    return {arm for arm in results.arms() if arm not in controls and arm_floor(results, arm, CONTEXT_METRIC).at_floor}
 
 
 def _row(results: Results, cell: Cell) -> dict:
