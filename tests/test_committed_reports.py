@@ -21,8 +21,8 @@ from harness.results import load_results, resolve_sources
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = [f"{name}.tiny" for name in ("roberta-table1-masking", "roberta-table2-formats", "roberta-table3-batch",
                                         "text-encoding", "roberta-vs-bert")]  # fmt: skip
-# Table 2 at cpu joins when its runs finish
-SHIPPED += ["roberta-table1-masking.cpu", "roberta-table3-batch.cpu", "roberta-vs-bert.cpu", "text-encoding.cpu"]
+SHIPPED += ["roberta-table1-masking.cpu", "roberta-table2-formats.cpu", "roberta-table3-batch.cpu", "roberta-vs-bert.cpu",
+            "text-encoding.cpu"]
 
 
 @pytest.mark.parametrize("suite", SHIPPED)
