@@ -21,8 +21,8 @@ from harness.results import load_results, resolve_sources
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = [f"{name}.tiny" for name in ("roberta-table1-masking", "roberta-table2-formats", "roberta-table3-batch",
                                         "text-encoding", "roberta-vs-bert")]  # fmt: skip
-SHIPPED += ["roberta-table1-masking.cpu", "roberta-table2-formats.cpu", "roberta-table3-batch.cpu", "roberta-vs-bert.cpu",
-            "text-encoding.cpu"]
+SHIPPED += [f"{name}.cpu" for name in ("roberta-table1-masking", "roberta-table2-formats", "roberta-table3-batch",
+                                        "text-encoding", "roberta-vs-bert")]  # fmt: skip
 
 
 @pytest.mark.parametrize("suite", SHIPPED)
