@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +9,12 @@ import pytest
 import yaml
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def default_sigint() -> None:
+    """A test runner in the background of a non-interactive shell passes SIGINT down as ignored, and
+    `harness run` leaves an inherited ignored SIGINT alone: undo that in the child."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def tiny_suite(**changes: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import tiny_suite
+from conftest import default_sigint, tiny_suite
 
 from harness import runner
 from harness.cli import main
@@ -51,12 +51,6 @@ def records(out: Path) -> dict[str, RunRecord]:
 def train_rows(record: RunRecord) -> list[dict]:
     # wall-clock fields differ between any two runs
     return [{k: v for k, v in row.items() if k not in ("tokens_per_s", "train_s")} for row in record.metrics()]
-
-
-def default_sigint() -> None:
-    """A test runner in the background of a non-interactive shell passes SIGINT down as ignored, and
-    `harness run` leaves an inherited ignored SIGINT alone: undo that in the child."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def logged(record: RunRecord, step: int) -> bool:

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import tiny_suite
+from conftest import default_sigint, tiny_suite
 
 from harness import jobs
 from harness.cli import main
@@ -167,7 +167,8 @@ def test_ctrl_c_stops_every_child_and_records_its_run_as_interrupted(tmp_path):
     path = two_by_two(tmp_path, steps=5000)
     out = tmp_path / "r"
     command = [sys.executable, "-m", "harness", "run", str(path), "--out", str(out), "--jobs", "2", "--no-report"]
-    parent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=default_sigint)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and parent.poll() is None:
