@@ -19,10 +19,14 @@ from harness.report.verdicts import unlearned_arms
 from harness.results import load_results, resolve_sources
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = [f"{name}.tiny" for name in ("roberta-table1-masking", "roberta-table2-formats", "roberta-table3-batch",
-                                        "text-encoding", "roberta-vs-bert")]  # fmt: skip
-SHIPPED += [f"{name}.cpu" for name in ("roberta-table1-masking", "roberta-table2-formats", "roberta-table3-batch",
-                                        "text-encoding", "roberta-vs-bert")]  # fmt: skip
+PAPER_SUITES = (
+    "roberta-table1-masking",
+    "roberta-table2-formats",
+    "roberta-table3-batch",
+    "text-encoding",
+    "roberta-vs-bert",
+)
+SHIPPED = [f"{name}.{scale}" for scale in ("tiny", "cpu") for name in PAPER_SUITES]
 
 
 @pytest.mark.parametrize("suite", SHIPPED)
